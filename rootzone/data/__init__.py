@@ -1,0 +1,1 @@
+"""Data: the store schema, builders/importers, lazy store access, folds and batching."""

@@ -1,0 +1,70 @@
+"""Choose how the bucket recursion runs: ``eager`` (reference), ``compiled`` (torch.compile of the daily
+step, CPU or GPU) or ``fused`` (Triton kernel, CUDA only). ``auto`` picks fused on CUDA when available,
+otherwise compiled where a C compiler is available, otherwise eager."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+
+import torch
+from torch import Tensor
+
+from rootzone.errors import ConfigError
+from rootzone.physics import equations as eq
+
+
+def resolve(physics: str, device: torch.device) -> str:
+    """The concrete implementation for a config value and a device."""
+    if physics == "auto":
+        if device.type == "cuda" and fused_available():
+            return "fused"
+        return "compiled" if _compiler_available() else "eager"
+    if physics == "fused" and not (device.type == "cuda" and fused_available()):
+        raise ConfigError("config field 'physics': 'fused' needs a CUDA device and triton; "
+                          "use 'auto' to fall back to the best available path")
+    return physics
+
+
+def fused_available() -> bool:
+    try:
+        from rootzone.physics import fused  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _compiler_available() -> bool:
+    return any(shutil.which(cc) for cc in ("cc", "gcc", "clang"))
+
+
+@functools.cache
+def _compiled_step():
+    return torch.compile(eq.bucket_step, dynamic=False, fullgraph=True)
+
+
+def _run_with_step(step, forcing: Tensor, params: Tensor) -> eq.BucketOutputs:
+    state = eq.initial_state(params[:, 0, 0])
+    p_all, t_all, pet_all, lai_all = forcing.unbind(-1)
+    outs = []
+    for day in range(forcing.shape[1]):
+        state, flux = step(state, p_all[:, day], t_all[:, day], pet_all[:, day], lai_all[:, day],
+                           params[:, day])
+        outs.append((flux.q, flux.et, state.w, state.s, state.g))
+    return eq.BucketOutputs(*(torch.stack(series, dim=1) for series in zip(*outs)))
+
+
+def run_physics(forcing: Tensor, params: Tensor, impl: str = "eager") -> eq.BucketOutputs:
+    """Run the bucket model with a concrete implementation (see :func:`resolve`).
+
+    forcing: [B, T, 4] (P, T, PET, LAI); params: [B, T, 8] physical units, float32 or float64.
+    """
+    if impl == "eager":
+        return eq.run_buckets(forcing, params)
+    if impl == "compiled":
+        return _run_with_step(_compiled_step(), forcing, params)
+    if impl == "fused":
+        from rootzone.physics.fused import run_buckets_fused
+
+        return run_buckets_fused(forcing, params)
+    raise ConfigError(f"config field 'physics': unknown implementation {impl!r}")
