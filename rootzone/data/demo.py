@@ -45,7 +45,7 @@ def random_attributes(rng: np.random.Generator, n: int) -> pd.DataFrame:
 def synthetic_forcing(rng: np.random.Generator, att: pd.DataFrame, time: pd.DatetimeIndex) -> dict:
     """Daily P (mm/d), T (°C), PET (mm/d) and LAI (m²/m²), each [basin, time]."""
     n, nt = len(att), len(time)
-    doy = time.dayofyear.to_numpy()[None, :]
+    doy = time.day_of_year.to_numpy()[None, :]
     season = -np.cos(2 * np.pi * (doy - 15) / 365.25)  # -1 mid-January, +1 mid-July
     a = {k: att[k].to_numpy()[:, None] for k in att.columns}
     noise = np.zeros((n, nt))
@@ -70,7 +70,7 @@ def synthetic_forcing(rng: np.random.Generator, att: pd.DataFrame, time: pd.Date
 def true_parameters(att: pd.DataFrame, time: pd.DatetimeIndex) -> np.ndarray:
     """True parameters [basin, time, 8] (PARAM_NAMES order, physical units), smooth in attributes and season."""
     a = {k: att[k].to_numpy()[:, None] for k in att.columns}
-    doy = time.dayofyear.to_numpy()[None, :]
+    doy = time.day_of_year.to_numpy()[None, :]
     season = np.sin(2 * np.pi * (doy - 100) / 365.25)
     ones = np.ones((1, len(time)))
     z = 1.6 * (a["forest_fraction"] - 0.5) / 0.22 + 1.2 * np.log(a["aridity"]) / 0.6

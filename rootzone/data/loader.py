@@ -1,0 +1,204 @@
+"""Lazy access to a store for training and evaluation: normalisation statistics from training days only,
+and batches of (basins, time window) read through xarray/dask without loading the whole store.
+
+Batch tensors (B basins, L days, M whole calendar months inside the window):
+    x_dynamic [B, L, V]  normalised dynamic inputs        x_static [B, K] normalised attributes
+    forcing   [B, L, 4]  physical P, T, PET, LAI (LAI = 0 when the store has none)
+    obs       target -> [B, L] (daily, mm/d or mm) or [B, M] (twsa, mm); NaN = missing
+    day_month [L] month slot of each day (-1 for days of months only partly inside the window)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from rootzone.config import Config
+from rootzone.data.folds import FoldSplit
+from rootzone.data.schema import MONTHLY_TARGET_UNITS, REQUIRED_FORCING, forcing_names, target_names
+from rootzone.errors import RootzoneError
+
+PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
+STD_FLOOR = 1e-6
+
+
+@dataclass
+class Batch:
+    basins: np.ndarray  # [B] integer basin positions in the store
+    start: int  # first day (index on the store's time axis)
+    x_dynamic: torch.Tensor
+    x_static: torch.Tensor
+    forcing: torch.Tensor
+    obs: dict[str, torch.Tensor]
+    day_month: torch.Tensor
+    months: np.ndarray  # [M] month positions on the store's month axis
+
+    @property
+    def length(self) -> int:
+        return self.forcing.shape[1]
+
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(self.basins, self.start, move(self.x_dynamic), move(self.x_static), move(self.forcing),
+                     {k: move(v) for k, v in self.obs.items()}, move(self.day_month), self.months)
+
+
+@dataclass
+class Normaliser:
+    """Means and standard deviations of the network inputs (training days of every basin)."""
+
+    dynamic_names: list[str]
+    dynamic_mean: np.ndarray
+    dynamic_std: np.ndarray
+    static_names: list[str]
+    static_mean: np.ndarray
+    static_std: np.ndarray
+    static_min: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    static_max: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normaliser:
+        return cls(**{k: (np.asarray(v, dtype=np.float64) if not k.endswith("names") else list(v))
+                      for k, v in d.items()})
+
+
+class StoreData:
+    """One store, one fold: statistics, target scales and batch reading.
+
+    ``ds`` is the lazily opened store (``schema.open_store``). Only the variables a batch needs are read.
+    """
+
+    def __init__(self, ds: xr.Dataset, cfg: Config, split: FoldSplit, normaliser: Normaliser | None = None):
+        self.ds, self.cfg, self.split = ds, cfg, split
+        self.time = pd.DatetimeIndex(ds["time"].values)
+        self.months = pd.DatetimeIndex(ds["month"].values)
+        self.basin_ids = np.asarray([str(b) for b in ds["basin"].values])
+        available = forcing_names(ds)
+        missing = [v for v in cfg.inputs if v not in available and v != "lai"]
+        if missing:
+            raise RootzoneError(f"config field 'inputs': {missing} not in the store (it has {available})")
+        self.dynamic_names = [v for v in cfg.inputs if v in available]
+        all_attributes = [str(a) for a in ds["attribute"].values]
+        unknown = [a for a in cfg.attributes if a not in all_attributes]
+        if unknown:
+            raise RootzoneError(f"config field 'attributes': {unknown} not in the store (it has {all_attributes})")
+        self.static_names = list(cfg.attributes) or all_attributes
+        self.targets = [t for t in cfg.targets if t in target_names(ds)]
+        if not self.targets:
+            raise RootzoneError(f"the store has none of the targets {cfg.targets}")
+        self.has_lai = "lai" in available
+        self.train_days = np.flatnonzero(split.masks["train"])
+        self.normaliser = normaliser or self._fit_normaliser()
+        self.static = self._normalised_static()
+        self.scale = self._target_scales()
+        # month slot of every day on the store's time axis
+        self.month_of_day = self.months.get_indexer(self.time.to_period("M").to_timestamp())
+
+    # ------------------------------------------------------------------ statistics
+    def _fit_normaliser(self) -> Normaliser:
+        dyn = self.ds[self.dynamic_names].isel(time=self.train_days)
+        mean = dyn.mean(dim=("basin", "time")).compute()
+        std = dyn.std(dim=("basin", "time")).compute()
+        att = self.ds["attributes"].sel(attribute=self.static_names).values.astype(np.float64)
+        return Normaliser(
+            dynamic_names=self.dynamic_names,
+            dynamic_mean=np.array([float(mean[v]) for v in self.dynamic_names]),
+            dynamic_std=np.maximum([float(std[v]) for v in self.dynamic_names], STD_FLOOR),
+            static_names=self.static_names,
+            static_mean=np.nanmean(att, axis=0), static_std=np.maximum(np.nanstd(att, axis=0), STD_FLOOR),
+            static_min=np.nanmin(att, axis=0), static_max=np.nanmax(att, axis=0),
+        )
+
+    def _normalised_static(self) -> np.ndarray:
+        att = self.ds["attributes"].sel(attribute=self.normaliser.static_names).values.astype(np.float64)
+        if not np.isfinite(att).all():
+            raise RootzoneError("the store's attributes contain NaN; fill or drop those basins/attributes")
+        return ((att - self.normaliser.static_mean) / self.normaliser.static_std).astype(np.float32)
+
+    def _target_scales(self) -> dict[str, np.ndarray]:
+        """Per-basin variance of each target on training days (months for twsa), [n_basins]."""
+        scales = {}
+        month_train = self.split.month_mask("train", self.time, self.months)
+        for t in self.targets:
+            da = self.ds[t]
+            sel = da.isel(month=np.flatnonzero(month_train)) if t in MONTHLY_TARGET_UNITS \
+                else da.isel(time=self.train_days)
+            var = sel.var(dim=sel.dims[1], skipna=True).values.astype(np.float64)
+            fallback = np.nanmedian(var) if np.isfinite(var).any() else 1.0
+            scales[t] = np.where(np.isfinite(var), var, fallback)
+        return scales
+
+    # ------------------------------------------------------------------ batches
+    @property
+    def n_basins(self) -> int:
+        return len(self.basin_ids)
+
+    @property
+    def n_days(self) -> int:
+        return len(self.time)
+
+    def load(self, basins: np.ndarray, start: int, length: int) -> Batch:
+        """Read basins × [start, start+length) (and the whole months inside it) from the store."""
+        basins = np.sort(np.asarray(basins))
+        stop = start + length
+        daily_targets = [t for t in self.targets if t not in MONTHLY_TARGET_UNITS]
+        names = list(dict.fromkeys([*self.dynamic_names, *REQUIRED_FORCING, *daily_targets]
+                                   + (["lai"] if self.has_lai else [])))
+        window = self.ds[names].isel(basin=basins, time=slice(start, stop)).compute()
+        arr = {v: window[v].values.astype(np.float32) for v in names}
+        norm = self.normaliser
+        x_dyn = np.stack([(arr[v] - m) / s for v, m, s in zip(norm.dynamic_names, norm.dynamic_mean,
+                                                               norm.dynamic_std)], axis=-1)
+        lai = arr["lai"] if self.has_lai else np.zeros_like(arr["precipitation"])
+        forcing = np.stack([arr["precipitation"], arr["temperature"], arr["pet"], lai], axis=-1)
+        # whole months inside the window
+        slots = self.month_of_day[start:stop]
+        uniq, counts = np.unique(slots, return_counts=True)
+        days_in_month = self.months[uniq].days_in_month
+        months = uniq[counts == days_in_month]
+        day_month = np.where(np.isin(slots, months), np.searchsorted(months, slots), -1)
+        obs = {t: torch.from_numpy(arr[t]) for t in daily_targets}
+        if "twsa" in self.targets:
+            obs["twsa"] = torch.from_numpy(
+                self.ds["twsa"].isel(basin=basins, month=months).values.astype(np.float32))
+        return Batch(
+            basins=basins, start=start,
+            x_dynamic=torch.from_numpy(x_dyn.astype(np.float32)),
+            x_static=torch.from_numpy(self.static[basins]),
+            forcing=torch.from_numpy(forcing), obs=obs,
+            day_month=torch.from_numpy(day_month.astype(np.int64)), months=months,
+        )
+
+    def masks(self, batch: Batch, split: str, warmup: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which days [L] and months [M] of ``batch`` count for ``split``: inside the split and past the
+        first ``warmup`` days of the window."""
+        days = self.split.masks[split][batch.start : batch.start + batch.length].copy()
+        days[:warmup] = False
+        month_in_split = self.split.month_mask(split, self.time, self.months)[batch.months]
+        # a month counts only when all its days are past the warm-up
+        first_day = np.array([np.argmax(batch.day_month.numpy() == i) for i in range(len(batch.months))],
+                             dtype=np.int64)
+        month_ok = month_in_split & (first_day >= warmup) if len(first_day) else month_in_split
+        return torch.from_numpy(days), torch.from_numpy(month_ok)
+
+    def sample_window(self, rng: np.random.Generator, split: str = "train") -> tuple[np.ndarray, int, int]:
+        """Random basins and a window start whose scored part holds days of ``split``."""
+        length = min(self.cfg.seq_len, self.n_days)
+        warmup = min(self.cfg.warmup_days, length - 1)
+        mask = self.split.masks[split]
+        for _ in range(1000):
+            start = int(rng.integers(0, self.n_days - length + 1))
+            if mask[start + warmup : start + length].any():
+                break
+        else:  # pragma: no cover - folds guarantee training years exist
+            raise RootzoneError(f"no window of {length} days holds {split} days after the warm-up")
+        n = min(self.cfg.batch_size, self.n_basins)
+        basins = rng.choice(self.n_basins, size=n, replace=False)
+        return basins, start, length

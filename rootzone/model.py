@@ -1,0 +1,61 @@
+"""The hybrid model (DESIGN §5): a network predicts daily bucket parameters, the buckets give the fluxes.
+
+    x_dynamic [B, L, V] ‖ x_static [B, K] ──LSTM──► dropout ──linear──► sigmoid into ranges ──► params [B, L, 8]
+    params, forcing [B, L, 4] ──buckets──► q, et, w (= SWE), s, g [B, L]; tws = w + s + g
+
+``param_mode="static"`` replaces the LSTM by an MLP on the attributes (parameters constant in time).
+With ``precision="bf16"`` the network runs under bf16 autocast; the physics always runs in float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from rootzone.config import Config
+from rootzone.physics.dispatch import run_physics
+from rootzone.physics.equations import PARAM_NAMES, BucketOutputs
+
+
+class ModelOutput(NamedTuple):
+    params: Tensor  # [B, L, 8] physical units, PARAM_NAMES order
+    buckets: BucketOutputs  # each [B, L]
+
+
+class HybridModel(nn.Module):
+    def __init__(self, n_dynamic: int, n_static: int, cfg: Config, physics_impl: str = "eager"):
+        super().__init__()
+        self.cfg = cfg
+        self.physics_impl = physics_impl
+        hidden = cfg.hidden_size
+        if cfg.param_mode == "dynamic":
+            self.lstm = nn.LSTM(n_dynamic + n_static, hidden, batch_first=True)
+            with torch.no_grad():  # gates are [input, forget, cell, output]
+                self.lstm.bias_hh_l0.zero_()
+                self.lstm.bias_ih_l0.zero_()
+                self.lstm.bias_ih_l0[hidden : 2 * hidden] = cfg.forget_bias
+        else:
+            self.mlp = nn.Sequential(nn.Linear(n_static, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(hidden, len(PARAM_NAMES))
+        ranges = torch.tensor([cfg.param_ranges[name] for name in PARAM_NAMES], dtype=torch.float32)
+        self.register_buffer("param_low", ranges[:, 0], persistent=False)
+        self.register_buffer("param_high", ranges[:, 1], persistent=False)
+
+    def parameters_from(self, x_dynamic: Tensor, x_static: Tensor) -> Tensor:
+        """Bucket parameters [B, L, 8] (physical units, float32)."""
+        use_bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(x_dynamic.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            if self.cfg.param_mode == "dynamic":
+                static = x_static[:, None, :].expand(-1, x_dynamic.shape[1], -1)
+                hidden, _ = self.lstm(torch.cat([x_dynamic, static], dim=-1))
+            else:
+                hidden = self.mlp(x_static)[:, None, :].expand(-1, x_dynamic.shape[1], -1)
+            raw = self.head(self.dropout(hidden))
+        return self.param_low + (self.param_high - self.param_low) * torch.sigmoid(raw.float())
+
+    def forward(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor) -> ModelOutput:
+        params = self.parameters_from(x_dynamic, x_static)
+        return ModelOutput(params, run_physics(forcing.float(), params, self.physics_impl))
