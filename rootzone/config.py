@@ -62,10 +62,12 @@ class Config:
     forget_bias: float = 3.0
     param_mode: str = "dynamic"  # dynamic: LSTM gives daily parameters; static: MLP on attributes
     param_ranges: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PARAM_RANGES))
+    # parameters spanning decades are squashed in log space: low * (high/low) ** sigmoid(x)
+    log_params: list[str] = field(default_factory=lambda: ["smax", "kg"])
     physics: str = "auto"  # auto | fused | compiled | eager
     precision: str = "fp32"  # fp32 | bf16 (network only; the physics always runs in fp32)
     # training
-    epochs: int = 40
+    epochs: int = 20
     batches_per_epoch: int = 8
     batch_size: int = 64  # basins per batch
     seq_len: int = 730  # days per training window, warm-up included
@@ -119,6 +121,10 @@ class Config:
             need(name in DEFAULT_PARAM_RANGES, "param_ranges", f"unknown parameter {name!r}")
             need(len(rng) == 2 and rng[0] < rng[1], "param_ranges", f"range of {name!r} must be [low, high]")
         need(self.param_ranges["smax"][0] > 0, "param_ranges", "smax must stay > 0")
+        for name in self.log_params:
+            need(name in DEFAULT_PARAM_RANGES, "log_params", f"unknown parameter {name!r}")
+            need(self.param_ranges.get(name, DEFAULT_PARAM_RANGES[name])[0] > 0, "log_params",
+                 f"{name!r} needs a positive lower bound to be squashed in log space")
         need(self.param_ranges["lp"][0] > 0, "param_ranges", "lp must stay > 0")
         need(self.param_ranges["fg"][1] <= 1 and self.param_ranges["kg"][1] <= 1, "param_ranges",
              "fg and kg must stay within [0, 1]")

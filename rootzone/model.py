@@ -1,6 +1,9 @@
 """The hybrid model (DESIGN §5): a network predicts daily bucket parameters, the buckets give the fluxes.
 
-    x_dynamic [B, L, V] ‖ x_static [B, K] ──LSTM──► dropout ──linear──► sigmoid into ranges ──► params [B, L, 8]
+    x_dynamic [B, L, V] ‖ x_static [B, K] ─LSTM─► dropout ─linear─► sigmoid into ranges ─► params [B, L, 8]
+
+Parameters listed in ``cfg.log_params`` (default S_max and k_g, which span decades) are squashed in log
+space, ``low * (high / low) ** sigmoid(x)``, the others linearly, ``low + (high - low) * sigmoid(x)``.
     params, forcing [B, L, 4] ──buckets──► q, et, w (= SWE), s, g [B, L]; tws = w + s + g
 
 ``param_mode="static"`` replaces the LSTM by an MLP on the attributes (parameters constant in time).
@@ -40,9 +43,13 @@ class HybridModel(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(n_static, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(hidden, len(PARAM_NAMES))
-        ranges = torch.tensor([cfg.param_ranges[name] for name in PARAM_NAMES], dtype=torch.float32)
-        self.register_buffer("param_low", ranges[:, 0], persistent=False)
-        self.register_buffer("param_high", ranges[:, 1], persistent=False)
+        ranges = torch.tensor([cfg.param_ranges[name] for name in PARAM_NAMES], dtype=torch.float64)
+        log = torch.tensor([name in cfg.log_params for name in PARAM_NAMES])
+        low = torch.where(log, ranges[:, 0].log(), ranges[:, 0])
+        high = torch.where(log, ranges[:, 1].log(), ranges[:, 1])
+        self.register_buffer("param_low", low.float(), persistent=False)
+        self.register_buffer("param_span", (high - low).float(), persistent=False)
+        self.register_buffer("param_log", log, persistent=False)
 
     def parameters_from(self, x_dynamic: Tensor, x_static: Tensor) -> Tensor:
         """Bucket parameters [B, L, 8] (physical units, float32)."""
@@ -54,7 +61,8 @@ class HybridModel(nn.Module):
             else:
                 hidden = self.mlp(x_static)[:, None, :].expand(-1, x_dynamic.shape[1], -1)
             raw = self.head(self.dropout(hidden))
-        return self.param_low + (self.param_high - self.param_low) * torch.sigmoid(raw.float())
+        squashed = self.param_low + self.param_span * torch.sigmoid(raw.float())
+        return torch.where(self.param_log, squashed.exp(), squashed)
 
     def forward(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor) -> ModelOutput:
         params = self.parameters_from(x_dynamic, x_static)

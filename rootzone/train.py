@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class EpochReport:
     parts: dict[str, float]
     checkpoint: Path  # latest checkpoint file (resume point)
     seconds: float
+    validation_parts: dict[str, float] = field(default_factory=dict)  # unweighted loss per target
 
 
 def select_device(name: str) -> torch.device:
@@ -80,8 +81,9 @@ def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device) -> 
                        data.cfg.target_weights)
 
 
-def validation_loss(model, data: StoreData, device, chunk: int = 512) -> float:
-    """Loss on the validation years for all basins, from a window that starts ``warmup_days`` earlier."""
+def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out: dict | None = None) -> float:
+    """Loss on the validation years for all basins, from a window that starts ``warmup_days`` earlier.
+    ``parts_out`` (if given) receives the unweighted loss of each target (comparable across target weights)."""
     cfg = data.cfg
     days = np.flatnonzero(data.split.masks["validation"])
     start = max(0, int(days[0]) - cfg.warmup_days)
@@ -92,9 +94,15 @@ def validation_loss(model, data: StoreData, device, chunk: int = 512) -> float:
         for lo in range(0, data.n_basins, chunk):
             basins = np.arange(lo, min(lo + chunk, data.n_basins))
             batch = data.load(basins, start, int(days[-1]) + 1 - start)
-            loss, _ = _loss_on(model, data, batch, "validation", warmup, device)
+            loss, parts = _loss_on(model, data, batch, "validation", warmup, device)
             total += float(loss) * len(basins)
             weight += len(basins)
+            if parts_out is not None:
+                for k, v in parts.items():
+                    parts_out[k] = parts_out.get(k, 0.0) + v * len(basins)
+    if parts_out is not None:
+        for k in parts_out:
+            parts_out[k] /= weight
     return total / weight
 
 
@@ -146,7 +154,8 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.batches_per_epoch
                 bar.update(task, advance=1, description=f"epoch {state['epoch'] + 1} loss {losses[-1]:.3f}")
-            val = validation_loss(model, data, device)
+            val_parts: dict[str, float] = {}
+            val = validation_loss(model, data, device, parts_out=val_parts)
             state["epoch"] += 1
             if not math.isfinite(val):
                 raise RootzoneError(f"validation loss became {val} at epoch {state['epoch']}; lower lr")
@@ -159,7 +168,7 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt_path)
             report = EpochReport(state["epoch"], float(np.mean(losses)), val, state["best"], parts_sum, ckpt_path,
-                                 time.perf_counter() - t0)
+                                 time.perf_counter() - t0, val_parts)
             log.info("epoch %d train %.4f validation %.4f (best %.4f @ %d) parts %s %.1fs", report.epoch,
                      report.train_loss, val, state["best"], state["best_epoch"],
                      {k: round(v, 4) for k, v in parts_sum.items()}, report.seconds)
@@ -210,7 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, help="number of temporal folds k (default 5)")
     p.add_argument("--fold", type=int, help="test fold, 0..k-1 (default 0)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 40; early stopping may end sooner)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 20; early stopping may end sooner)")
     p.add_argument("--physics", help="physics implementation: auto | fused | compiled | eager (default auto)")
     p.add_argument("--device", help="auto | cpu | cuda (default auto)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present")

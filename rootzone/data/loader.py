@@ -182,11 +182,11 @@ class StoreData:
         days = self.split.masks[split][batch.start : batch.start + batch.length].copy()
         days[:warmup] = False
         month_in_split = self.split.month_mask(split, self.time, self.months)[batch.months]
-        # a month counts only when all its days are past the warm-up
-        first_day = np.array([np.argmax(batch.day_month.numpy() == i) for i in range(len(batch.months))],
-                             dtype=np.int64)
-        month_ok = month_in_split & (first_day >= warmup) if len(first_day) else month_in_split
-        return torch.from_numpy(days), torch.from_numpy(month_ok)
+        # a month counts only when all its days are past the warm-up (slots ascend over the whole months)
+        day_month = batch.day_month.cpu().numpy()
+        inside = np.flatnonzero(day_month >= 0)
+        first_day = inside[np.searchsorted(day_month[inside], np.arange(len(batch.months)))]
+        return torch.from_numpy(days), torch.from_numpy(month_in_split & (first_day >= warmup))
 
     def sample_window(self, rng: np.random.Generator, split: str = "train") -> tuple[np.ndarray, int, int]:
         """Random basins and a window start whose scored part holds days of ``split``."""
