@@ -65,7 +65,7 @@ class Config:
     # parameters spanning decades are squashed in log space: low * (high/low) ** sigmoid(x)
     log_params: list[str] = field(default_factory=lambda: ["smax", "kg"])
     physics: str = "auto"  # auto | fused | compiled | eager
-    precision: str = "fp32"  # fp32 | bf16 (network only; the physics always runs in fp32)
+    precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
     epochs: int = 20
     batches_per_epoch: int = 8

@@ -7,7 +7,8 @@ space, ``low * (high / low) ** sigmoid(x)``, the others linearly, ``low + (high 
     params, forcing [B, L, 4] ──buckets──► q, et, w (= SWE), s, g [B, L]; tws = w + s + g
 
 ``param_mode="static"`` replaces the LSTM by an MLP on the attributes (parameters constant in time).
-With ``precision="bf16"`` the network runs under bf16 autocast; the physics always runs in float32.
+With ``precision="bf16"`` the network runs under bf16 autocast on CUDA (on CPU it stays float32: CPU bf16
+LSTM kernels are missing or slow on most CPUs); the physics always runs in float32.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class HybridModel(nn.Module):
 
     def parameters_from(self, x_dynamic: Tensor, x_static: Tensor) -> Tensor:
         """Bucket parameters [B, L, 8] (physical units, float32)."""
-        use_bf16 = self.cfg.precision == "bf16"
+        use_bf16 = self.cfg.precision == "bf16" and x_dynamic.device.type == "cuda"
         with torch.autocast(x_dynamic.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if self.cfg.param_mode == "dynamic":
                 static = x_static[:, None, :].expand(-1, x_dynamic.shape[1], -1)

@@ -123,6 +123,8 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
     data, model, device = build(cfg)
     log.info("store %s: %d basins, %d days; fold %d/%d years %s; device %s, physics %s", cfg.store,
              data.n_basins, data.n_days, cfg.fold, cfg.folds, data.split.to_dict(), device, model.physics_impl)
+    if cfg.precision == "bf16" and device.type != "cuda":
+        log.info("precision bf16 applies on CUDA only: the network runs in float32 on %s", device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best": math.inf, "best_epoch": 0, "bad_epochs": 0}
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
