@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", default="2000-01-01", help="first day, YYYY-MM-DD (default 2000-01-01)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run_demo)
+    register_builders(sub)
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -37,3 +38,122 @@ def run_demo(args: argparse.Namespace) -> None:
     write_store(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['basin']} basins, {str(ds.time.values[0])[:10]} to "
           f"{str(ds.time.values[-1])[:10]}, targets q, et, swe, twsa (with true_* parameters)")
+
+
+def register_builders(sub: argparse._SubParsersAction) -> None:
+    """``caravan``, ``import-pickle`` and ``info`` (see docs/data.md)."""
+    from rootzone.data.schema import BASIN_CHUNK
+
+    p = sub.add_parser(
+        "caravan", help="build a store from a Caravan directory (CSV or NetCDF) and optional extra products",
+        description="Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/"
+                    "<gauge_id>.{csv,nc} and attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/"
+                    "TWSA tables (--extra, layout in docs/data.md). Every file is checked; gaps in forcing "
+                    "up to --max-gap days are interpolated, anything worse is refused with a one-line error "
+                    "and nothing is written.",
+    )
+    p.add_argument("caravan_dir", metavar="CARAVAN_DIR", help="root of the Caravan dataset")
+    p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
+    p.add_argument("--source", help="comma-separated source folders, e.g. camels,lamah (default: all)")
+    p.add_argument("--basins", metavar="FILE", help="text file of gauge ids, one per line (default: all)")
+    p.add_argument("--extra", metavar="DIR", help="folder of extra products: daily/<gauge_id>.csv "
+                   "(date,lai,et,swe) and/or monthly/<gauge_id>.csv (month,twsa)")
+    p.add_argument("--max-gap", type=int, default=5, metavar="DAYS",
+                   help="longest forcing gap filled by linear interpolation (default 5 days)")
+    p.add_argument("--format", choices=("auto", "csv", "netcdf"), default="auto",
+                   help="timeseries files to read (default: netcdf if present, else csv)")
+    p.add_argument("--start", help="first day YYYY-MM-DD (default: latest first day over the basins)")
+    p.add_argument("--end", help="last day YYYY-MM-DD (default: earliest last day over the basins)")
+    p.add_argument("--pet-column", help="Caravan PET column (default: potential_evaporation_sum_FAO_PENMAN_"
+                   "MONTEITH if present, else potential_evaporation_sum[_ERA5_LAND])")
+    p.add_argument("--no-era5-swe", action="store_true",
+                   help="do not add snow_depth_water_equivalent_mean as the extra input era5_swe")
+    p.add_argument("--attributes", help="comma-separated attribute names to keep (default: every numeric "
+                   "attribute with no missing value)")
+    p.add_argument("--chunk-basins", type=int, default=BASIN_CHUNK,
+                   help=f"basins read, held and written at a time = Zarr chunk (default {BASIN_CHUNK})")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_caravan)
+
+    p = sub.add_parser(
+        "import-pickle", help="import the original study's pickled TensorDatasets",
+        description="Import a pickled dict of training/validation/test TensorDataset(x, y, z) (x [B,T,V] "
+                    "daily inputs and statics, y [B,T,3] Q/ET/SWE, z [B,M,K] monthly, TWSA first). The "
+                    "splits are concatenated in time from --start and their bounds stored as "
+                    "'legacy_splits'. "
+                    "SECURITY: unpickling runs code from the file; only import files you trust.",
+    )
+    p.add_argument("file", metavar="FILE", help="the pickle (plain pickle or torch.save file)")
+    p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
+    p.add_argument("--names", required=True, metavar="NAMES.json",
+                   help='column names: {"x": [...], "y": ["q", "et", "swe"], "z": ["twsa", ...]}')
+    p.add_argument("--start", required=True, help="first day of the training split, YYYY-MM-DD")
+    p.add_argument("--basins", metavar="FILE", help="basin ids, one per line, in the pickle's order")
+    p.add_argument("--max-gap", type=int, default=5, metavar="DAYS",
+                   help="longest forcing gap filled by linear interpolation (default 5 days)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run_import_pickle)
+
+    p = sub.add_parser("info", help="show a store's basins, period, variables, units and missing data",
+                       description="Show a store's basins, period, variables, units and the fraction of "
+                                   "missing values per target.")
+    p.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+    p.set_defaults(func=run_info)
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _refuse_existing(out: str, overwrite: bool) -> None:
+    from rootzone.data.schema import store_exists
+
+    if store_exists(out) and not overwrite:
+        raise RootzoneError(f"output '{out}' already exists (pass --overwrite to replace it)")
+
+
+def run_caravan(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rootzone.data.caravan import CaravanBuild, build_caravan
+
+    _refuse_existing(args.out, args.overwrite)
+    opts = CaravanBuild(
+        root=Path(args.caravan_dir), out=args.out, sources=_csv_list(args.source),
+        basins_file=Path(args.basins) if args.basins else None,
+        extra_dir=Path(args.extra) if args.extra else None, max_gap=args.max_gap, overwrite=args.overwrite,
+        fmt=args.format, start=args.start, end=args.end, pet_column=args.pet_column,
+        era5_swe=not args.no_era5_swe, attributes=_csv_list(args.attributes), chunk_basins=args.chunk_basins,
+    )
+    s = build_caravan(opts, show_progress=not args.quiet)
+    print(f"wrote {args.out}: {s['basins']} basins, {s['start']:%Y-%m-%d} to {s['end']:%Y-%m-%d}, "
+          f"variables {', '.join(s['variables'])}; {s['attributes']} attributes (PET from {s['pet_column']})")
+    if s["dropped_attributes"]:
+        print(f"dropped {len(s['dropped_attributes'])} attributes with missing values: "
+              f"{', '.join(s['dropped_attributes'])}")
+    for line in s["gaps"]:
+        print(line)
+
+
+def run_import_pickle(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rootzone.data.legacy import import_pickle
+
+    _refuse_existing(args.out, args.overwrite)
+    s = import_pickle(Path(args.file), args.out, Path(args.names), args.start,
+                      basins_file=Path(args.basins) if args.basins else None, overwrite=args.overwrite,
+                      max_gap=args.max_gap)
+    splits = "; ".join(f"{k} {a}..{b}" for k, (a, b) in s["splits"].items())
+    print(f"wrote {args.out}: {s['basins']} basins, {s['start']:%Y-%m-%d} to {s['end']:%Y-%m-%d} ({splits}); "
+          f"forcing {', '.join(s['forcing'])}; {len(s['attributes'])} attributes; "
+          f"targets {', '.join(s['targets'])}")
+    for line in s["gaps"]:
+        print(line)
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from rootzone.data.info import show_info
+
+    show_info(args.store)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -167,33 +168,45 @@ def write_store(ds: xr.Dataset, url: str, overwrite: bool = False) -> None:
     if fs.exists(path):
         if not overwrite:
             raise StoreError(f"output '{url}' already exists (pass --overwrite to replace it)")
-    tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    tmp_url = tmp if protocol in ("file", "local") else f"{protocol}://{tmp}"
+    tmp, tmp_url = _temp_sibling(fs, path)
     encoding = {name: {"chunks": _chunks(ds[name])} for name in ds.data_vars}
     try:
         with warnings.catch_warnings():  # consolidated metadata is not (yet) in the Zarr v3 spec; we want it
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             ds.to_zarr(tmp_url, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
-        if fs.exists(path):
-            _remove(fs, path)
-        fs.mv(tmp, path, recursive=True)
+        _move_into_place(fs, tmp, path)
     except BaseException:
         if fs.exists(tmp):
             _remove(fs, tmp)
         raise
 
 
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def _temp_sibling(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
+    """A fresh temporary path beside ``path`` (filesystem path, and the URL to hand to xarray/zarr)."""
+    tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    protocol = _protocol(fs)
+    return tmp, (tmp if protocol in ("file", "local") else f"{protocol}://{tmp}")
+
+
+def _move_into_place(fs: fsspec.AbstractFileSystem, tmp: str, path: str) -> None:
+    if fs.exists(path):
+        _remove(fs, path)
+    fs.mv(tmp, path, recursive=True)
+
+
 def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if _protocol(fs) in ("file", "local"):
         shutil.rmtree(path)
     else:
         fs.rm(path, recursive=True)
 
 
-def _chunks(da: xr.DataArray) -> tuple[int, ...]:
-    sizes = {"basin": BASIN_CHUNK, "time": TIME_CHUNK, "month": 10_000, "attribute": 10_000}
+def _chunks(da: xr.DataArray, basin_chunk: int = BASIN_CHUNK) -> tuple[int, ...]:
+    sizes = {"basin": basin_chunk, "time": TIME_CHUNK, "month": 10_000, "attribute": 10_000}
     return tuple(max(1, min(sizes.get(d, n), n)) for d, n in zip(da.dims, da.shape))
 
 
@@ -208,3 +221,131 @@ def open_store(url: str) -> xr.Dataset:
         raise StoreError(f"store '{url}' is not a readable Zarr store ({type(exc).__name__}: {exc})") from None
     validate(ds, where=f"store '{url}'")
     return ds
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """One variable of a store built in pieces: name, role (forcing/target/auxiliary), units and dims
+    (``("basin", "time")`` daily or ``("basin", "month")`` monthly)."""
+
+    name: str
+    role: str
+    units: str
+    dims: tuple[str, str] = ("basin", "time")
+
+
+def make_template(
+    basins: Sequence[str],
+    time: pd.DatetimeIndex,
+    variables: Sequence[VariableSpec],
+    attributes: pd.DataFrame,
+    source: str,
+    attrs: dict[str, Any] | None = None,
+    basin_chunk: int = BASIN_CHUNK,
+) -> xr.Dataset:
+    """A lazy (dask, all-NaN) dataset with the layout of the final store, for :class:`StoreWriter`.
+
+    Daily variables are [basin, time], monthly [basin, month] (float32); ``attributes`` (DataFrame indexed
+    by basin id, float columns) is held in memory and written as the (basin, attribute) array at once.
+    """
+    import dask.array as da
+
+    basins = [str(b) for b in basins]
+    months = month_index(time)
+    lengths = {"basin": len(basins), "time": len(time), "month": len(months)}
+    data: dict[str, xr.DataArray] = {}
+    for v in variables:
+        shape = tuple(lengths[d] for d in v.dims)
+        chunks = tuple(min(n, basin_chunk if d == "basin" else TIME_CHUNK) for d, n in zip(v.dims, shape))
+        data[v.name] = xr.DataArray(
+            da.full(shape, np.nan, dtype=np.float32, chunks=chunks), dims=v.dims,
+            attrs={"units": v.units, "role": v.role, "long_name": DESCRIPTIONS.get(v.name, v.name)})
+    att = attributes.reindex(basins)
+    data["attributes"] = xr.DataArray(att.to_numpy(dtype=np.float32), dims=("basin", "attribute"),
+                                      attrs={"role": "attributes", "units": "1"})
+    ds = xr.Dataset(
+        data,
+        coords={
+            "basin": ("basin", np.array(basins, dtype=object)),
+            "time": ("time", time.values),
+            "month": ("month", months.values),
+            "attribute": ("attribute", np.array([str(c) for c in att.columns], dtype=object)),
+        },
+        attrs={SCHEMA_KEY: SCHEMA_VERSION, "source": source, **(attrs or {})},
+    )
+    validate(ds, where="new store")
+    return ds
+
+
+class StoreWriter:
+    """Write a store block by block with bounded memory, atomically.
+
+    ``with StoreWriter(url, template) as w: w.write(block, start)`` creates the layout of ``template``
+    (see :func:`make_template`) at a temporary sibling of ``url``, writes each block of basins
+    ``[start, start + n)`` into its region, and on a clean exit consolidates the metadata and moves the
+    store into place; on any error the temporary store is removed and ``url`` is left as it was.
+    Blocks must start on a multiple of ``basin_chunk`` so that no two blocks share a Zarr chunk.
+    """
+
+    def __init__(self, url: str, template: xr.Dataset, overwrite: bool = False,
+                 basin_chunk: int = BASIN_CHUNK):
+        validate(template, where="new store")
+        self.url, self.template, self.basin_chunk = url, template, int(basin_chunk)
+        self.fs, self.path = _fs_and_path(url)
+        if self.fs.exists(self.path) and not overwrite:
+            raise StoreError(f"output '{url}' already exists (pass --overwrite to replace it)")
+        self.tmp, self.tmp_url = _temp_sibling(self.fs, self.path)
+        self.written = np.zeros(template.sizes["basin"], dtype=bool)
+        self.attrs: dict[str, Any] = {}  # added to the group attributes on commit (e.g. a build report)
+
+    def __enter__(self) -> StoreWriter:
+        encoding = {name: {"chunks": _chunks(self.template[name], self.basin_chunk)}
+                    for name in self.template.data_vars}
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                self.template.to_zarr(self.tmp_url, mode="w", zarr_format=3, consolidated=True,
+                                      encoding=encoding, compute=False)
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def write(self, block: xr.Dataset, start: int) -> None:
+        """Write ``block`` (variables of the template with a leading ``basin`` dim) at basins
+        ``[start, start + block.sizes['basin'])``."""
+        n = block.sizes["basin"]
+        if start % self.basin_chunk or start + n > len(self.written):
+            raise ValueError(f"block [{start}, {start + n}) is not aligned to "
+                             f"{self.basin_chunk}-basin chunks")
+        names = [v for v in block.data_vars if v != "attributes"]
+        for v in names:
+            if v not in self.template or self.template[v].dims != block[v].dims:
+                raise ValueError(f"block variable '{v}' does not match the store layout")
+        out = block[names].drop_vars(list(block.coords)).astype(np.float32)
+        out.to_zarr(self.tmp_url, region={"basin": slice(start, start + n)}, mode="r+", zarr_format=3,
+                    consolidated=False)
+        self.written[start:start + n] = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._cleanup()
+            return
+        try:
+            if not self.written.all():
+                raise StoreError(f"internal: {int((~self.written).sum())} basins were never written")
+            import zarr
+
+            if self.attrs:
+                zarr.open_group(self.tmp_url, mode="r+", zarr_format=3).attrs.update(self.attrs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                zarr.consolidate_metadata(self.tmp_url, zarr_format=3)
+            _move_into_place(self.fs, self.tmp, self.path)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _cleanup(self) -> None:
+        if self.fs.exists(self.tmp):
+            _remove(self.fs, self.tmp)
