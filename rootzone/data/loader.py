@@ -1,6 +1,11 @@
 """Lazy access to a store for training and evaluation: normalisation statistics from training days only,
 and batches of (basins, time window) read through xarray/dask without loading the whole store.
 
+Reads go by *basin block* (one chunk of basins of the store, all days): a block is decoded once and kept in a
+small LRU cache (``BLOCK_CACHE`` blocks), and the training sampler draws ``BATCHES_PER_BLOCK`` consecutive
+batches from one block, so memory stays bounded by the block size whatever the basin count, and most
+batches are numpy slices of decoded data.
+
 Batch tensors (B basins, L days, M whole calendar months inside the window):
     x_dynamic [B, L, V]  normalised dynamic inputs        x_static [B, K] normalised attributes
     forcing   [B, L, 4]  physical P, T, PET, LAI (LAI = 0 when the store has none)
@@ -10,6 +15,7 @@ Batch tensors (B basins, L days, M whole calendar months inside the window):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +30,8 @@ from rootzone.errors import RootzoneError
 
 PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
 STD_FLOOR = 1e-6
+BLOCK_CACHE = 2  # decoded basin blocks kept in memory
+BATCHES_PER_BLOCK = 4  # consecutive training batches drawn from one basin block
 
 
 @dataclass
@@ -100,6 +108,14 @@ class StoreData:
         self.scale = self._target_scales()
         # month slot of every day on the store's time axis
         self.month_of_day = self.months.get_indexer(self.time.to_period("M").to_timestamp())
+        daily_targets = [t for t in self.targets if t not in MONTHLY_TARGET_UNITS]
+        self._daily_names = list(dict.fromkeys([*self.dynamic_names, *REQUIRED_FORCING, *daily_targets]
+                                               + (["lai"] if self.has_lai else [])))
+        chunks = ds["precipitation"].chunks
+        sizes = chunks[0] if chunks else (self.n_basins,)
+        self.block_edges = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._blocks: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._sampler_block, self._sampler_left = 0, 0
 
     # ------------------------------------------------------------------ statistics
     def _fit_normaliser(self) -> Normaliser:
@@ -148,11 +164,7 @@ class StoreData:
         """Read basins × [start, start+length) (and the whole months inside it) from the store."""
         basins = np.sort(np.asarray(basins))
         stop = start + length
-        daily_targets = [t for t in self.targets if t not in MONTHLY_TARGET_UNITS]
-        names = list(dict.fromkeys([*self.dynamic_names, *REQUIRED_FORCING, *daily_targets]
-                                   + (["lai"] if self.has_lai else [])))
-        window = self.ds[names].isel(basin=basins, time=slice(start, stop)).compute()
-        arr = {v: window[v].values.astype(np.float32) for v in names}
+        arr = self._read(basins, slice(start, stop))
         norm = self.normaliser
         x_dyn = np.stack([(arr[v] - m) / s for v, m, s in zip(norm.dynamic_names, norm.dynamic_mean,
                                                                norm.dynamic_std)], axis=-1)
@@ -164,10 +176,9 @@ class StoreData:
         days_in_month = self.months[uniq].days_in_month
         months = uniq[counts == days_in_month]
         day_month = np.where(np.isin(slots, months), np.searchsorted(months, slots), -1)
-        obs = {t: torch.from_numpy(arr[t]) for t in daily_targets}
+        obs = {t: torch.from_numpy(arr[t]) for t in self.targets if t not in MONTHLY_TARGET_UNITS}
         if "twsa" in self.targets:
-            obs["twsa"] = torch.from_numpy(
-                self.ds["twsa"].isel(basin=basins, month=months).values.astype(np.float32))
+            obs["twsa"] = torch.from_numpy(np.ascontiguousarray(arr["twsa"][:, months]))
         return Batch(
             basins=basins, start=start,
             x_dynamic=torch.from_numpy(x_dyn.astype(np.float32)),
@@ -175,6 +186,29 @@ class StoreData:
             forcing=torch.from_numpy(forcing), obs=obs,
             day_month=torch.from_numpy(day_month.astype(np.int64)), months=months,
         )
+
+    def _block(self, index: int) -> dict[str, np.ndarray]:
+        """Decoded variables of basin block ``index``: daily [n, T], twsa [n, M] (LRU-cached)."""
+        if index in self._blocks:
+            self._blocks.move_to_end(index)
+            return self._blocks[index]
+        rows = slice(int(self.block_edges[index]), int(self.block_edges[index + 1]))
+        names = self._daily_names + (["twsa"] if "twsa" in self.targets else [])
+        sub = self.ds[names].isel(basin=rows).compute()
+        self._blocks[index] = {v: sub[v].values.astype(np.float32) for v in names}
+        while len(self._blocks) > BLOCK_CACHE:
+            self._blocks.popitem(last=False)
+        return self._blocks[index]
+
+    def _read(self, basins: np.ndarray, days: slice) -> dict[str, np.ndarray]:
+        """Sorted ``basins`` × ``days`` of every daily variable (twsa: all months), block by block."""
+        block_of = np.searchsorted(self.block_edges, basins, side="right") - 1
+        parts = []
+        for index in np.unique(block_of):
+            block = self._block(int(index))
+            rows = basins[block_of == index] - self.block_edges[index]
+            parts.append({v: a[rows] if v == "twsa" else a[rows, days] for v, a in block.items()})
+        return {v: np.concatenate([p[v] for p in parts]) for v in parts[0]}
 
     def masks(self, batch: Batch, split: str, warmup: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Which days [L] and months [M] of ``batch`` count for ``split``: inside the split and past the
@@ -199,6 +233,11 @@ class StoreData:
                 break
         else:  # pragma: no cover - folds guarantee training years exist
             raise RootzoneError(f"no window of {length} days holds {split} days after the warm-up")
-        n = min(self.cfg.batch_size, self.n_basins)
-        basins = rng.choice(self.n_basins, size=n, replace=False)
+        if self._sampler_left == 0:  # move to another basin block, chosen in proportion to its size
+            sizes = np.diff(self.block_edges)
+            self._sampler_block = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
+            self._sampler_left = BATCHES_PER_BLOCK
+        self._sampler_left -= 1
+        lo, hi = self.block_edges[self._sampler_block], self.block_edges[self._sampler_block + 1]
+        basins = rng.choice(np.arange(lo, hi), size=min(self.cfg.batch_size, hi - lo), replace=False)
         return basins, start, length

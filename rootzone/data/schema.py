@@ -160,16 +160,16 @@ def store_exists(url: str) -> bool:
     return fs.exists(path)
 
 
-def write_store(ds: xr.Dataset, url: str, overwrite: bool = False) -> None:
-    """Write ``ds`` as a consolidated Zarr v3 store, atomically: to a temporary sibling first, then moved
-    into place, so a failed write never leaves a half store at ``url``."""
+def write_store(ds: xr.Dataset, url: str, overwrite: bool = False, basin_chunk: int = BASIN_CHUNK) -> None:
+    """Write ``ds`` as a consolidated Zarr v3 store (``basin_chunk`` basins per chunk), atomically: to a
+    temporary sibling first, then moved into place, so a failed write never leaves a half store at ``url``."""
     validate(ds)
     fs, path = _fs_and_path(url)
     if fs.exists(path):
         if not overwrite:
             raise StoreError(f"output '{url}' already exists (pass --overwrite to replace it)")
     tmp, tmp_url = _temp_sibling(fs, path)
-    encoding = {name: {"chunks": _chunks(ds[name])} for name in ds.data_vars}
+    encoding = {name: {"chunks": _chunks(ds[name], basin_chunk)} for name in ds.data_vars}
     try:
         with warnings.catch_warnings():  # consolidated metadata is not (yet) in the Zarr v3 spec; we want it
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
