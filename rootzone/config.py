@@ -70,6 +70,7 @@ class Config:
     epochs: int = 20
     batches_per_epoch: int = 8
     batch_size: int = 64  # basins per batch
+    batches_per_block: int = 16  # consecutive batches drawn from one decoded chunk of basins (I/O locality)
     seq_len: int = 730  # days per training window, warm-up included
     warmup_days: int = 365  # days at the start of every run excluded from the loss
     lr: float = 5e-3
@@ -103,6 +104,7 @@ class Config:
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batches_per_epoch >= 1, "batches_per_epoch", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.batches_per_block >= 1, "batches_per_block", "must be >= 1")
         need(self.warmup_days >= 0, "warmup_days", "must be >= 0")
         need(self.seq_len > self.warmup_days, "seq_len", f"must exceed warmup_days ({self.warmup_days})")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")

@@ -2,8 +2,8 @@
 and batches of (basins, time window) read through xarray/dask without loading the whole store.
 
 Reads go by *basin block* (one chunk of basins of the store, all days): a block is decoded once and kept in a
-small LRU cache (``BLOCK_CACHE`` blocks), and the training sampler draws ``BATCHES_PER_BLOCK`` consecutive
-batches from one block, so memory stays bounded by the block size whatever the basin count, and most
+small LRU cache (``BLOCK_CACHE`` blocks), and the training sampler draws ``cfg.batches_per_block``
+consecutive batches from one block, so memory stays bounded by the block size whatever the basin count, and most
 batches are numpy slices of decoded data.
 
 Batch tensors (B basins, L days, M whole calendar months inside the window):
@@ -31,7 +31,6 @@ from rootzone.errors import RootzoneError
 PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
 STD_FLOOR = 1e-6
 BLOCK_CACHE = 2  # decoded basin blocks kept in memory
-BATCHES_PER_BLOCK = 4  # consecutive training batches drawn from one basin block
 
 
 @dataclass
@@ -236,7 +235,7 @@ class StoreData:
         if self._sampler_left == 0:  # move to another basin block, chosen in proportion to its size
             sizes = np.diff(self.block_edges)
             self._sampler_block = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
-            self._sampler_left = BATCHES_PER_BLOCK
+            self._sampler_left = self.cfg.batches_per_block
         self._sampler_left -= 1
         lo, hi = self.block_edges[self._sampler_block], self.block_edges[self._sampler_block + 1]
         basins = rng.choice(np.arange(lo, hi), size=min(self.cfg.batch_size, hi - lo), replace=False)
