@@ -1,0 +1,123 @@
+"""The Ray Tune function trainable shared by ``rootzone ensemble`` and ``rootzone tune``.
+
+One trial = one :func:`rootzone.train.train_trial` run. Every epoch is reported to Tune with a checkpoint
+(``checkpoint.pt`` + ``best.pt``); when Tune restarts a trial (retry after a failure, or ``Tuner.restore``) the
+trial takes ``tune.get_checkpoint()``, puts those files back into its run directory and resumes, so the epoch
+counter continues where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from rootzone.config import Config
+from rootzone.ensemble_store import ExperimentDir, trial_name
+from rootzone.errors import RootzoneError
+from rootzone.train import EpochReport, train_trial
+
+CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
+# Test hook: "fold0_seed1:2" makes that trial's worker process die (os._exit) during epoch 2, after the
+# epoch trained but before it is reported -- once, on its first attempt (a marker file in the run dir).
+FAULT_ENV = "ROOTZONE_FAULT_INJECT"
+FAULT_MARKER = ".fault_injected"
+
+
+def trainable(config: dict[str, Any], base: dict[str, Any], exp_uri: str, tag: str = "", fault: str = "") -> None:
+    """Tune function trainable. ``config`` holds ``fold``, ``seed`` and any searched Config fields;
+    ``base`` is the experiment's base config dict; ``tag`` (tuning) makes run directories unique per trial."""
+    fold, seed = int(config["fold"]), int(config["seed"])
+    name = trial_name(fold, seed) + (f"_{tune.get_context().get_trial_id()}" if tag else "")
+    exp = ExperimentDir.open(exp_uri)
+    if exp.local:
+        out = Path(exp.trial_dir(fold, seed)).parent / name
+    else:  # train on local disk, upload the run directory when done (checkpoints travel through Tune)
+        out = Path(tempfile.gettempdir()) / "rootzone-trials" / tune.get_context().get_trial_id() / name
+    values = {**base, **{k: v for k, v in config.items() if k not in ("fold", "seed")},
+              "fold": fold, "seed": seed, "out": str(out), "progress": False}
+    cfg = Config.from_dict(values)
+    finished = _finished_metrics(exp, name, cfg)
+    if finished is not None:  # trained to the end before (Tune's state may lag by seconds): do not rerun
+        tune.report(_final_report(finished))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+
+    resume = False
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            for f in CHECKPOINT_FILES:
+                if (Path(d) / f).exists():
+                    shutil.copy2(Path(d) / f, out / f)
+        resume = True
+
+    last: dict[str, Any] = {}
+
+    def on_epoch(r: EpochReport) -> None:
+        _maybe_fail(fault, name, r.epoch, out)
+        metrics = {"fold": fold, "seed": seed, "epoch": r.epoch, "train_loss": r.train_loss,
+                   "validation_loss": r.validation_loss, "best_validation_loss": r.best_validation_loss,
+                   "validation_unweighted": _mean(r.validation_parts), "epoch_seconds": r.seconds,
+                   **{f"validation_{k}": v for k, v in r.validation_parts.items()}}
+        last.update(metrics)
+        with tempfile.TemporaryDirectory(prefix="rootzone-ckpt-") as tmp:
+            for f in CHECKPOINT_FILES:
+                src = r.checkpoint.parent / f
+                if src.exists():
+                    shutil.copy2(src, Path(tmp) / f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    result = train_trial(cfg, on_epoch=on_epoch, resume=resume)
+    if not exp.local:
+        exp.upload(out, "trials", name)
+    tune.report({**last, **_final_report(result)})
+
+
+def _final_report(result: dict[str, Any]) -> dict[str, Any]:
+    final = {"fold": result["fold"], "seed": result["seed"], "epoch": result["epochs_run"], "trial_done": True,
+             "best_epoch": result["best_epoch"], "best_validation_loss": result["best_validation_loss"]}
+    for target, entry in result["splits"]["test"].items():
+        final[f"test_nse_{target}"] = entry["median"]["nse"]
+        final[f"test_kge_{target}"] = entry["median"]["kge"]
+    return final
+
+
+def _finished_metrics(exp: ExperimentDir, name: str, cfg: Config) -> dict[str, Any] | None:
+    """metrics.json of this trial when it already finished with the same config, else None."""
+    if not (exp.exists("trials", name, "metrics.json") and exp.exists("trials", name, "config.toml")):
+        return None
+    try:
+        done_cfg = Config.from_dict(tomllib.loads(exp.read_text("trials", name, "config.toml")))
+        metrics = json.loads(exp.read_text("trials", name, "metrics.json"))
+    except (RootzoneError, ValueError):  # unreadable or from an older rootzone: train again
+        return None
+    same = {k: v for k, v in done_cfg.to_dict().items() if k not in ("progress", "out")} == \
+        {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "out")}
+    return metrics if same else None
+
+
+def _mean(parts: dict[str, float]) -> float:
+    vals = [v for v in parts.values() if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _maybe_fail(fault: str, name: str, epoch: int, out: Path) -> None:
+    if not fault:
+        return
+    target, _, at = fault.partition(":")
+    if target == name and epoch == int(at or 1) and not (out / FAULT_MARKER).exists():
+        (out / FAULT_MARKER).write_text(f"worker killed during epoch {epoch}\n")
+        os._exit(17)
