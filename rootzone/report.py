@@ -1,0 +1,150 @@
+"""``rootzone report``: metrics tables, figures and an index.html for an experiment folder.
+
+Always (from the trials' metrics.json and the experiment's store): ``metrics_members.csv`` (one row per
+fold, seed, basin, split, target; the columns of ensemble_metrics.csv), ``metrics_basins.csv`` (per basin and
+target on the test split: member medians, and with predictions the metrics of the cross-validated ensemble
+series), cross-validation skill per fold, S_max distribution, S_max against attributes, a lat/lon map of
+S_max (when the attributes hold latitude and longitude) and, for a twin-experiment store (``true_smax``),
+learned vs true S_max. S_max per basin then is the mean over trials of metrics.json ``smax_mean``.
+
+With ``--predictions PRED.zarr`` (a complete store from ``rootzone predict``; the report does not run the
+prediction itself, so the expensive step stays explicit and reusable) also: hydrographs of chosen basins,
+the mean seasonal cycle of Q/ET/SWE/TWSA (observed vs cross-validated model), S_max seasonal dynamics, and
+S_max per basin from the predictions (time mean after spin-up of the ensemble mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rootzone import report_data as rd
+from rootzone import report_figures as rf
+from rootzone.data.schema import open_store
+from rootzone.errors import RootzoneError
+from rootzone.metrics import METRICS
+
+
+def make_report(experiment: str, out: str | Path, predictions: str | None = None,
+                basins: list[str] | None = None) -> dict:
+    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...]}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record, trials = rd.read_experiment(experiment)
+    table = rd.metrics_table(trials)
+    table.to_csv(out / "metrics_members.csv", index=False)
+    pred = rd.open_predictions(predictions) if predictions else None
+    unknown = [b for b in basins or [] if pred is not None and b not in set(map(str, pred["basin"].values))]
+    if unknown:
+        raise RootzoneError(f"--basins: {unknown} are not in the predictions")
+    summary = rd.summarise_predictions(pred, trials) if pred is not None else None
+    per_basin = rd.basin_table(table, summary.ensemble_metrics if summary else None)
+    per_basin.to_csv(out / "metrics_basins.csv", index=False)
+    figures: list[tuple[str, str]] = []
+    skipped: list[str] = []
+
+    def add(path: Path, caption: str) -> None:
+        figures.append((path.name, caption))
+
+    add(rf.cv_skill(out / "cv_skill.png", table), "Test NSE per basin for each fold (box over basins and seeds).")
+    store_url = pred.attrs["source_store"] if pred is not None else record.get("store")
+    store = open_store(store_url) if store_url else None
+    if summary is not None:
+        ids, smax, spread = summary.basins, summary.smax, summary.smax_member_std
+        source = "predictions: time mean after spin-up of the ensemble-mean S_max"
+    else:
+        ids = sorted({b for t in trials for b in t.metrics.get("smax_mean", {})})
+        smax = np.array([np.nanmean([t.metrics["smax_mean"].get(b, np.nan) for t in trials]) for b in ids])
+        spread, source = None, "mean over trials of each trial's whole-record mean S_max (metrics.json)"
+    add(rf.smax_distribution(out / "smax_distribution.png", smax, spread), f"S_max across basins ({source}).")
+    if store is not None:
+        att = pd.DataFrame(store["attributes"].sel(basin=ids).values, index=ids,
+                           columns=[str(a) for a in store["attribute"].values])
+        add(rf.smax_vs_attributes(out / "smax_vs_attributes.png", smax, att),
+            "S_max against each basin attribute (aridity = PET/P first).")
+        if {"latitude", "longitude"} <= set(att.columns):
+            add(rf.smax_map(out / "smax_map.png", att["longitude"].to_numpy(), att["latitude"].to_numpy(), smax),
+                "S_max per basin at its location.")
+        else:
+            skipped.append("S_max map: the attributes hold no latitude/longitude")
+        if "true_smax" in store:
+            spin = int(pred.attrs.get("warmup_days", 0)) if pred is not None else 0
+            truth = store["true_smax"].sel(basin=ids).isel(time=slice(spin, None)).mean("time").values
+            add(rf.smax_truth(out / "smax_truth.png", truth, smax), "Twin experiment: learned vs true S_max.")
+    else:
+        skipped.append("S_max vs attributes, map, truth: experiment.json names no store")
+    if summary is not None:
+        chosen = basins or rd.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]
+        for b in chosen:
+            add(_hydrograph(out, pred, store, b), f"Basin {b}: observed vs ensemble Q, and S with S_max.")
+        add(rf.seasonal_cycle(out / "seasonal_cycle.png", summary.seasonal),
+            "Mean seasonal cycle over basins (median, 25-75 %): observed vs cross-validated ensemble "
+            "(each day from the members that did not train on it); TWSA as anomalies.")
+        add(rf.smax_seasonal(out / "smax_seasonal.png", summary.smax_month, ids, chosen),
+            "Seasonal dynamics of S_max: calendar-month mean relative to each basin's mean.")
+    else:
+        skipped.append("hydrographs, seasonal cycles, S_max seasonal dynamics: pass --predictions PRED.zarr "
+                       "(from `rootzone predict`)")
+    tables = ["metrics_members.csv", "metrics_basins.csv"]
+    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped)
+    return {"figures": figures, "tables": tables, "skipped": skipped}
+
+
+def _hydrograph(out: Path, pred, store, basin: str) -> Path:
+    p = pred.sel(basin=basin)
+    time = pd.DatetimeIndex(pred["time"].values)
+    obs = store["q"].sel(basin=basin).values if "q" in store else np.full(len(time), np.nan)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in basin)
+    return rf.hydrograph(out / f"hydrograph_{safe}.png", basin, time, obs, p["q"].values, p["q_mean"].values,
+                         p["s_mean"].values, p["smax_mean"].values)
+
+
+def _write_index(out: Path, experiment: str, predictions: str | None, table: pd.DataFrame,
+                 per_basin: pd.DataFrame, figures: list[tuple[str, str]], tables: list[str],
+                 skipped: list[str]) -> None:
+    test = table[table["split"] == "test"]
+    med = test.groupby("target")[list(METRICS)].median()
+    parts = [f"<h1>rootzone report</h1><p>experiment <code>{html.escape(experiment)}</code>; "
+             f"{test['member'].nunique()} trials, {test['basin'].nunique()} basins; predictions "
+             f"<code>{html.escape(predictions or 'none')}</code></p>",
+             "<h2>Test skill (median over basins and trials)</h2>", med.round(3).to_html()]
+    if any(c.startswith("ensemble_") for c in per_basin.columns):
+        ens = per_basin.groupby("target")[[f"ensemble_{m}" for m in METRICS]].median()
+        parts += ["<h2>Cross-validated ensemble (median over basins)</h2>", ens.round(3).to_html()]
+    parts.append("<h2>Tables</h2><ul>" + "".join(f'<li><a href="{t}">{t}</a></li>' for t in tables) + "</ul>")
+    parts.append("<h2>Figures</h2>")
+    for name, caption in figures:
+        parts.append(f'<figure><img src="{name}" style="max-width:100%"><figcaption>{html.escape(caption)}'
+                     "</figcaption></figure>")
+    if skipped:
+        parts.append("<h2>Not drawn</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul>")
+    (out / "index.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>rootzone report"
+                                    "</title></head><body>" + "\n".join(parts) + "</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="metrics tables and figures of an experiment (index.html)",
+        description="Write metrics tables (CSV) and PNG figures of an experiment folder, tied together by "
+                    "REPORT_DIR/index.html. Figures that need daily series (hydrographs, seasonal cycles, S_max "
+                    "dynamics) are drawn when --predictions names a complete store from `rootzone predict`.")
+    p.add_argument("--experiment", required=True, metavar="EXP", help="experiment folder (path or URL)")
+    p.add_argument("--predictions", metavar="PRED.zarr", help="prediction store from `rootzone predict`")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="output folder")
+    p.add_argument("--basins", help="comma-separated basin ids for hydrographs (default: best, median and "
+                                    "worst test NSE of Q)")
+    p.set_defaults(func=run_report_command)
+
+
+def run_report_command(args: argparse.Namespace) -> None:
+    basins = [b.strip() for b in args.basins.split(",") if b.strip()] if args.basins else None
+    result = make_report(args.experiment, args.out, args.predictions, basins)
+    print(f"wrote {Path(args.out) / 'index.html'}: {len(result['figures'])} figures, "
+          f"{len(result['tables'])} tables")
+    for note in result["skipped"]:
+        print(f"report: not drawn: {note}")
