@@ -27,11 +27,14 @@ def resolve(physics: str, device: torch.device) -> str:
 
 
 def fused_available() -> bool:
+    """True when the fused Triton path can run: a CUDA device and an importable triton."""
+    if not torch.cuda.is_available():
+        return False
     try:
-        from rootzone.physics import fused  # noqa: F401
+        from rootzone.physics.fused import triton_available
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return triton_available()
 
 
 def _compiler_available() -> bool:
@@ -40,7 +43,9 @@ def _compiler_available() -> bool:
 
 @functools.cache
 def _compiled_step():
-    return torch.compile(eq.bucket_step, dynamic=False, fullgraph=True)
+    # dynamic=None: the first call specialises, a second shape makes the batch size symbolic (no recompile
+    # per batch size, so differing evaluation chunks never hit the recompile limit)
+    return torch.compile(eq.bucket_step, dynamic=None, fullgraph=True)
 
 
 def _run_with_step(step, forcing: Tensor, params: Tensor) -> eq.BucketOutputs:

@@ -1,0 +1,256 @@
+"""Physics throughput benchmark: basin-days per second of the bucket recursion (eager, compiled, fused),
+forward and forward+backward, and of one training step of the hybrid (LSTM + physics) against the LSTM alone.
+
+    python benchmarks/bench_physics.py                   # B in {256, 2048, 16384} x T in {365, 730, 3650}
+    python benchmarks/bench_physics.py --quick           # small sizes (CPU-friendly)
+    python benchmarks/bench_physics.py --impl fused,eager --out /tmp/p.json
+    python benchmarks/bench_physics.py --quick --interpret   # fused Triton kernels under the CPU interpreter
+
+Implementations (``--impl``): ``eager`` (equations.run_buckets), ``compiled`` (torch.compile of the daily
+step, dispatch.run_physics) and ``fused`` (the rootzone::buckets op). The fused rows say what actually ran:
+``fused`` = Triton on CUDA with batch-first [B, T, C] inputs read through strides, ``fused-tm`` = the same
+with time-major planes (coalesced loads; measures the layout question), ``fused[cpu-op]`` = the op's CPU
+implementation (reference forward + hand-written adjoint, not Triton), ``fused[interpreter]`` = the Triton
+kernels under TRITON_INTERPRET=1 (slow; correctness, not speed). Peak memory is CUDA's max allocated.
+
+The training step: nn.LSTM (hidden 128) over [forcing, 12 static attributes], a linear head, a sigmoid into
+config.DEFAULT_PARAM_RANGES, the buckets, an MSE loss on q, backward and an Adam step; against the same LSTM
+and head with the loss on the head output. The LSTM runs in fp32 or under bf16 autocast; the physics is fp32.
+
+GPU figures are PENDING: no GPU was lent to the session that wrote this file, so only CPU results
+(benchmarks/results/physics_cpu_quick.json) exist. The H100 figures quoted in DESIGN §8 come from an earlier
+prototype and are not reproduced by this script yet; do not cite them as results of this code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+if "--interpret" in sys.argv:  # must precede the first import of triton kernels
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from rootzone.config import DEFAULT_PARAM_RANGES  # noqa: E402
+from rootzone.physics import fused  # noqa: E402
+from rootzone.physics.dispatch import run_physics  # noqa: E402
+from rootzone.physics.equations import PARAM_NAMES  # noqa: E402
+
+FULL_B, FULL_T = (256, 2048, 16384), (365, 730, 3650)
+QUICK_B, QUICK_T = (64, 256), (90, 365)
+N_STATIC = 12
+
+
+def make_inputs(b: int, t: int, device: torch.device, time_major: bool = False, seed: int = 0
+                ) -> tuple[Tensor, Tensor]:
+    """Synthetic forcing [B, T, 4] and params [B, T, 8] (physical units, float32); with ``time_major`` the
+    memory is laid out as planes [C, T, B] and the returned tensors are [B, T, C] views of it."""
+    g = torch.Generator().manual_seed(seed)
+    forcing = torch.stack([torch.rand(b, t, generator=g) * 30 * (torch.rand(b, t, generator=g) < 0.4),
+                           torch.rand(b, t, generator=g) * 40 - 15, torch.rand(b, t, generator=g) * 6,
+                           torch.rand(b, t, generator=g) * 5], -1)
+    low = torch.tensor([DEFAULT_PARAM_RANGES[n][0] for n in PARAM_NAMES])
+    high = torch.tensor([DEFAULT_PARAM_RANGES[n][1] for n in PARAM_NAMES])
+    params = low + (high - low) * torch.rand(b, t, 8, generator=g)
+    if time_major:
+        forcing = forcing.permute(2, 1, 0).contiguous().permute(2, 1, 0)
+        params = params.permute(2, 1, 0).contiguous().permute(2, 1, 0)
+    return forcing.to(device), params.to(device)
+
+
+def physics_fn(impl: str):
+    if impl.startswith("fused"):
+        return fused.run_buckets_fused
+    return lambda f, p: run_physics(f, p, impl)
+
+
+def fused_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "fused"
+    return "fused[interpreter]" if fused.interpreting() else "fused[cpu-op]"
+
+
+def timed(fn, device: torch.device, min_time: float, max_reps: int) -> tuple[float, int | None]:
+    """Median seconds per call after one warm-up call, and peak CUDA memory (bytes) of one call.
+
+    Dynamo's caches are reset first: dispatch's compiled step recompiles for every new shape and grad mode,
+    and would otherwise hit torch._dynamo's recompile limit (a hard error under fullgraph=True) mid-benchmark;
+    compilation happens in the untimed warm-up call."""
+    torch._dynamo.reset()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times: list[float] = []
+    while len(times) < max_reps and (sum(times) < min_time or len(times) < 1):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return sorted(times)[len(times) // 2], peak
+
+
+def bench_physics(impl: str, b: int, t: int, mode: str, device: torch.device, args) -> dict:
+    forcing, params = make_inputs(b, t, device, time_major=impl == "fused-tm")
+    run = physics_fn(impl)
+
+    def step() -> None:
+        if mode == "forward":
+            with torch.no_grad():
+                run(forcing, params)
+            return
+        p = params.detach().requires_grad_()
+        out = run(forcing, p)
+        (out.q.sum() + out.et.sum() + out.tws.sum()).backward()
+
+    seconds, peak = timed(step, device, args.min_time, args.max_reps)
+    label = fused_label(device) + ("-tm" if impl == "fused-tm" else "") if impl.startswith("fused") else impl
+    return {"kind": "physics", "impl": label, "mode": mode, "B": b, "T": t, "seconds": seconds,
+            "basin_days_per_s": b * t / seconds, "peak_mem_bytes": peak}
+
+
+class Net(nn.Module):
+    """Minimal parameter network: LSTM over [forcing, statics] -> linear head -> sigmoid into the ranges."""
+
+    def __init__(self, hidden: int = 128) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4 + N_STATIC, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 8)
+        self.register_buffer("low", torch.tensor([DEFAULT_PARAM_RANGES[n][0] for n in PARAM_NAMES]))
+        self.register_buffer("high", torch.tensor([DEFAULT_PARAM_RANGES[n][1] for n in PARAM_NAMES]))
+
+    def forward(self, x: Tensor, bf16: bool) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            raw = self.head(self.lstm(x)[0])
+        return self.low + (self.high - self.low) * torch.sigmoid(raw.float())
+
+
+def bench_train(model: str, b: int, t: int, precision: str, device: torch.device, args) -> dict:
+    """One optimiser step of the LSTM alone (``model='lstm'``) or the hybrid with physics ``model``."""
+    torch.manual_seed(0)
+    net = Net().to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    forcing, _ = make_inputs(b, t, device)
+    x = torch.cat([forcing, torch.randn(b, 1, N_STATIC, device=device).expand(b, t, N_STATIC)], -1)
+    target = torch.rand(b, t, device=device)
+    run = None if model == "lstm" else physics_fn(model)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        params = net(x, precision == "bf16")
+        pred = params[..., 0] * 1e-3 if run is None else run(forcing, params).q
+        ((pred - target) ** 2).mean().backward()
+        opt.step()
+
+    label = "lstm" if model == "lstm" else "hybrid-" + (fused_label(device) if model == "fused" else model)
+    row = {"kind": "train_step", "impl": label, "mode": f"train[{precision}]", "B": b, "T": t}
+    try:
+        seconds, peak = timed(step, device, args.min_time, args.max_reps)
+    except RuntimeError as exc:  # e.g. no bf16 LSTM kernel on this CPU (oneDNN)
+        return {**row, "seconds": None, "basin_days_per_s": None, "peak_mem_bytes": None,
+                "skipped": str(exc).splitlines()[0][:200]}
+    return {**row, "seconds": seconds, "basin_days_per_s": b * t / seconds, "peak_mem_bytes": peak}
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
+                                    text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"device": {"kind": device.type, "name": name, "cpu_count": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads()},
+            "torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
+            "git_commit": commit, "dirty_tree": dirty, "date": datetime.now(timezone.utc).isoformat()}
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="rootzone physics throughput (basin-days / s)")
+    for col in ("kind", "impl", "mode", "B", "T", "ms", "basin-days/s", "peak MiB"):
+        table.add_column(col, justify="left" if col in ("kind", "impl", "mode") else "right")
+    for r in rows:
+        peak = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.0f}"
+        if r["seconds"] is None:
+            table.add_row(r["kind"], escape(r["impl"]), escape(r["mode"]), str(r["B"]), str(r["T"]),
+                          "skipped", "-", peak)
+            continue
+        table.add_row(r["kind"], escape(r["impl"]), escape(r["mode"]), str(r["B"]), str(r["T"]),
+                      f"{r['seconds'] * 1e3:.1f}", f"{r['basin_days_per_s']:.3g}", peak)
+    Console(width=150).print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"sizes B {QUICK_B} x T {QUICK_T}")
+    ap.add_argument("--impl", default="eager,compiled,fused", help="comma list of eager, compiled, fused")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--interpret", action="store_true", help="run fused on CPU under Triton's interpreter")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
+    ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'shared machine')")
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed repeats per row")
+    ap.add_argument("--max-reps", type=int, default=20)
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default benchmarks/results/physics_<device>_<quick|full>.json)")
+    args = ap.parse_args(argv)
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    impls = [i.strip() for i in args.impl.split(",") if i.strip()]
+    unknown = set(impls) - {"eager", "compiled", "fused"}
+    if unknown:
+        ap.error(f"unknown --impl {sorted(unknown)}")
+    if "fused" in impls and device.type == "cuda":
+        impls.append("fused-tm")
+    sizes_b, sizes_t = (QUICK_B, QUICK_T) if args.quick else (FULL_B, FULL_T)
+    rows: list[dict] = []
+    for b in sizes_b:
+        for t in sizes_t:
+            for impl in impls:
+                for mode in ("forward", "forward+backward"):
+                    rows.append(bench_physics(impl, b, t, mode, device, args))
+                    print(json.dumps(rows[-1]), flush=True)
+    if not args.no_train:
+        b, t = (sizes_b[-1], sizes_t[0]) if args.quick else (2048, 730)
+        for precision in ("fp32", "bf16"):
+            for model in ["lstm", *[i for i in impls if i != "fused-tm"]]:
+                rows.append(bench_train(model, b, t, precision, device, args))
+                print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+    out = Path(args.out or ROOT / "benchmarks" / "results" /
+               f"physics_{device.type}_{'quick' if args.quick else 'full'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    note = ("GPU figures pending: this file holds CPU results only." if device.type == "cpu"
+            else "measured on the device named above") + (f" {args.note}" if args.note else "")
+    out.write_text(json.dumps({"benchmark": "rootzone bucket physics throughput", **environment(device),
+                               "quick": args.quick, "note": note, "results": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
