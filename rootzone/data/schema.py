@@ -86,10 +86,17 @@ def make_dataset(
         data[name] = xr.DataArray(np.asarray(arr, dtype=np.float32), dims=dims,
                                   attrs={"units": TARGET_UNITS[name], "role": "target",
                                          "long_name": DESCRIPTIONS[name]})
+    data.update(extra or {})
+    return _assemble(data, basins, time, months, attributes, source, attrs, where="store")
+
+
+def _assemble(data: dict[str, xr.DataArray], basins: list[str], time: pd.DatetimeIndex,
+              months: pd.DatetimeIndex, attributes: pd.DataFrame, source: str, attrs: dict[str, Any] | None,
+              where: str) -> xr.Dataset:
+    """Add the attribute table and the coordinates to ``data``, stamp the schema version and validate."""
     att = attributes.reindex(basins)
     data["attributes"] = xr.DataArray(att.to_numpy(dtype=np.float32), dims=("basin", "attribute"),
                                       attrs={"role": "attributes", "units": "1"})
-    data.update(extra or {})
     ds = xr.Dataset(
         data,
         coords={
@@ -100,7 +107,7 @@ def make_dataset(
         },
         attrs={SCHEMA_KEY: SCHEMA_VERSION, "source": source, **(attrs or {})},
     )
-    validate(ds)
+    validate(ds, where=where)
     return ds
 
 
@@ -260,21 +267,7 @@ def make_template(
         data[v.name] = xr.DataArray(
             da.full(shape, np.nan, dtype=np.float32, chunks=chunks), dims=v.dims,
             attrs={"units": v.units, "role": v.role, "long_name": DESCRIPTIONS.get(v.name, v.name)})
-    att = attributes.reindex(basins)
-    data["attributes"] = xr.DataArray(att.to_numpy(dtype=np.float32), dims=("basin", "attribute"),
-                                      attrs={"role": "attributes", "units": "1"})
-    ds = xr.Dataset(
-        data,
-        coords={
-            "basin": ("basin", np.array(basins, dtype=object)),
-            "time": ("time", time.values),
-            "month": ("month", months.values),
-            "attribute": ("attribute", np.array([str(c) for c in att.columns], dtype=object)),
-        },
-        attrs={SCHEMA_KEY: SCHEMA_VERSION, "source": source, **(attrs or {})},
-    )
-    validate(ds, where="new store")
-    return ds
+    return _assemble(data, basins, time, months, attributes, source, attrs, where="new store")
 
 
 class StoreWriter:
