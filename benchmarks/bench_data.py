@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("total_precipitation_sum", "temperature_2m_mean", "potential_evaporation_sum_ERA5_LAND",
@@ -154,15 +153,9 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    commit = git.stdout.strip()
     result = {
         "benchmark": "rootzone data caravan: build time and peak RSS; loader read throughput",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit, "dirty_tree": True,
-        "device": {"kind": "cpu", "processor": platform.processor() or platform.machine(),
-                   "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                   "platform": platform.platform()},
+        **provenance(), "device": "cpu",
         "chunk_basins": args.chunk_basins,
         "runs": runs,
         "notes": "peak_rss_mb is the build process's own maximum resident set (os.wait4), Python + torch "

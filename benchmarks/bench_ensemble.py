@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--physics", "eager", "--set", "batches_per_epoch=1", "--set", "seq_len=300", "--set", "warmup_days=90",
@@ -120,12 +121,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ens-") as tmp:
         figures = bench_cpu(args, Path(tmp)) if args.mode == "cpu" else bench_gpu(args, Path(tmp))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    result = {"benchmark": f"ensemble_{args.mode}", "commit": commit.stdout.strip(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-              "figures": figures}
+    result = {"benchmark": f"ensemble_{args.mode}", **provenance(), "figures": figures}
     path = Path(args.output or REPO / "benchmarks" / "results" / f"ensemble_{args.mode}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

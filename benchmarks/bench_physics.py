@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -41,6 +40,7 @@ if "--interpret" in sys.argv:  # must precede the first import of triton kernels
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
+from provenance import git_state  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from rootzone.config import DEFAULT_PARAM_RANGES  # noqa: E402
@@ -173,18 +173,12 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
-                                    text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
+    commit, dirty = git_state()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": {"kind": device.type, "name": name, "cpu_count": os.cpu_count(),
                        "torch_threads": torch.get_num_threads()},
             "torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
-            "git_commit": commit, "dirty_tree": dirty, "date": datetime.now(timezone.utc).isoformat()}
+            "commit": commit, "dirty_tree": dirty, "date": datetime.now(timezone.utc).isoformat()}
 
 
 def print_table(rows: list[dict]) -> None:

@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -142,13 +141,8 @@ def main() -> None:
         for n in args.basins:
             rows.append(run_size(Path(tmp), n, args))
             print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     result = {
-        "benchmark": "rootzone predict, CPU", "commit": commit,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "benchmark": "rootzone predict, CPU", **provenance(),
         "settings": {"years": args.years, "members": args.members, "hidden_size": args.hidden,
                      "chunk_basins": args.chunk_basins, "physics": args.physics, "threads": args.threads},
         "results": rows,
