@@ -135,6 +135,9 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
         state = saved["state"]
         rng.bit_generator.state = saved["numpy_rng"]
         torch.set_rng_state(saved["torch_rng"])
+        data.restore_sampler(saved.get("sampler", {"block": 0, "left": 0}))
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         log.info("resumed from %s after epoch %d", ckpt_path, state["epoch"])
 
     with progress_bar(cfg.progress) as bar:
@@ -168,7 +171,10 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
             else:
                 state["bad_epochs"] += 1
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                        "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt_path)
+                        "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                        "sampler": data.sampler_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
+                       ckpt_path)
             report = EpochReport(state["epoch"], float(np.mean(losses)), val, state["best"], parts_sum, ckpt_path,
                                  time.perf_counter() - t0, val_parts)
             log.info("epoch %d train %.4f validation %.4f (best %.4f @ %d) parts %s %.1fs", report.epoch,

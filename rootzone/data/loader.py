@@ -221,6 +221,14 @@ class StoreData:
         first_day = inside[np.searchsorted(day_month[inside], np.arange(len(batch.months)))]
         return torch.from_numpy(days), torch.from_numpy(month_in_split & (first_day >= warmup))
 
+    def sampler_state(self) -> dict[str, int]:
+        """Where the block sampler stands (current basin block, batches left in it), for checkpoints."""
+        return {"block": self._sampler_block, "left": self._sampler_left}
+
+    def restore_sampler(self, state: dict[str, int]) -> None:
+        """Continue sampling exactly where :meth:`sampler_state` was taken (a resumed run repeats none)."""
+        self._sampler_block, self._sampler_left = int(state["block"]), int(state["left"])
+
     def sample_window(self, rng: np.random.Generator, split: str = "train") -> tuple[np.ndarray, int, int]:
         """Random basins and a window start whose scored part holds days of ``split``."""
         length = min(self.cfg.seq_len, self.n_days)
