@@ -26,6 +26,7 @@ import pandas as pd
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 COLUMNS = ("total_precipitation_sum", "temperature_2m_mean", "potential_evaporation_sum_ERA5_LAND",
            "potential_evaporation_sum_FAO_PENMAN_MONTEITH", "snow_depth_water_equivalent_mean",
            "surface_pressure_mean", "dewpoint_temperature_2m_mean", "streamflow")
@@ -95,15 +96,13 @@ def run_build(tree: Path, out: Path, chunk: int) -> dict:
             "build_output": stdout.strip().splitlines()[0]}
 
 
-def loader_throughput(store: Path, batches: int, batch_size: int, seq_len: int) -> dict | None:
+def loader_throughput(store: Path, batches: int, batch_size: int, seq_len: int) -> dict:
     """Random training windows read through rootzone.data.loader.StoreData (basin-days per second)."""
-    try:
-        from rootzone.config import Config
-        from rootzone.data.folds import temporal_fold
-        from rootzone.data.loader import StoreData
-        from rootzone.data.schema import open_store
-    except ImportError:
-        return None
+    from rootzone.config import Config
+    from rootzone.data.folds import temporal_fold
+    from rootzone.data.loader import StoreData
+    from rootzone.data.schema import open_store
+
     cfg = Config.from_sources(None, {"store": str(store), "batch_size": batch_size, "seq_len": seq_len})
     ds = open_store(str(store))
     t0 = time.perf_counter()
