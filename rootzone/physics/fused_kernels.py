@@ -91,6 +91,25 @@ def _step(w, s, g, p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg,
 
 
 @triton.jit
+def _load_day(ft, pt, sf_c, sp_c, mask):
+    """One day's forcing (P, T, PET, LAI at ``ft``) and parameters (S_max, beta, f_m, alpha, lp, c_i, f_g,
+    k_g at ``pt``) for BLOCK basins; masked lanes get values that keep the step finite."""
+    p = tl.load(ft, mask=mask, other=0.0)
+    tc = tl.load(ft + sf_c, mask=mask, other=0.0)
+    pet = tl.load(ft + 2 * sf_c, mask=mask, other=0.0)
+    lai = tl.load(ft + 3 * sf_c, mask=mask, other=0.0)
+    smax = tl.load(pt, mask=mask, other=1.0)
+    beta = tl.load(pt + sp_c, mask=mask, other=1.0)
+    fm = tl.load(pt + 2 * sp_c, mask=mask, other=0.0)
+    alpha = tl.load(pt + 3 * sp_c, mask=mask, other=0.0)
+    lp = tl.load(pt + 4 * sp_c, mask=mask, other=1.0)
+    ci = tl.load(pt + 5 * sp_c, mask=mask, other=0.0)
+    fg = tl.load(pt + 6 * sp_c, mask=mask, other=0.0)
+    kg = tl.load(pt + 7 * sp_c, mask=mask, other=0.0)
+    return p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg
+
+
+@triton.jit
 def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
                     sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, so_c, so_t, so_b,
                     T_S: tl.constexpr, TAU: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr):
@@ -112,18 +131,7 @@ def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
         t64 = z64 + t
         ft = fb + t64 * sf_t
         pt = pb + t64 * sp_t
-        p = tl.load(ft, mask=mask, other=0.0)
-        tc = tl.load(ft + sf_c, mask=mask, other=0.0)
-        pet = tl.load(ft + 2 * sf_c, mask=mask, other=0.0)
-        lai = tl.load(ft + 3 * sf_c, mask=mask, other=0.0)
-        smax = tl.load(pt, mask=mask, other=1.0)
-        beta = tl.load(pt + sp_c, mask=mask, other=1.0)
-        fm = tl.load(pt + 2 * sp_c, mask=mask, other=0.0)
-        alpha = tl.load(pt + 3 * sp_c, mask=mask, other=0.0)
-        lp = tl.load(pt + 4 * sp_c, mask=mask, other=1.0)
-        ci = tl.load(pt + 5 * sp_c, mask=mask, other=0.0)
-        fg = tl.load(pt + 6 * sp_c, mask=mask, other=0.0)
-        kg = tl.load(pt + 7 * sp_c, mask=mask, other=0.0)
+        p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg = _load_day(ft, pt, sf_c, sp_c, mask)
         res = _step(w, s, g, p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg, T_S, TAU, EPS)
         w = res[2]
         s = res[3]
@@ -167,18 +175,7 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
         t64 = z64 + t
         ft = fb + t64 * sf_t
         pt = pb + t64 * sp_t
-        p = tl.load(ft, mask=mask, other=0.0)
-        tc = tl.load(ft + sf_c, mask=mask, other=0.0)
-        pet = tl.load(ft + 2 * sf_c, mask=mask, other=0.0)
-        lai = tl.load(ft + 3 * sf_c, mask=mask, other=0.0)
-        smax = tl.load(pt, mask=mask, other=1.0)
-        beta = tl.load(pt + sp_c, mask=mask, other=1.0)
-        fm = tl.load(pt + 2 * sp_c, mask=mask, other=0.0)
-        alpha = tl.load(pt + 3 * sp_c, mask=mask, other=0.0)
-        lp = tl.load(pt + 4 * sp_c, mask=mask, other=1.0)
-        ci = tl.load(pt + 5 * sp_c, mask=mask, other=0.0)
-        fg = tl.load(pt + 6 * sp_c, mask=mask, other=0.0)
-        kg = tl.load(pt + 7 * sp_c, mask=mask, other=0.0)
+        p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg = _load_day(ft, pt, sf_c, sp_c, mask)
         # start-of-day state: yesterday's saved output, or the initial state W=0, S=smax/2, G=0 on day 0
         first = t64 == 0
         prev_ok = mask & (t64 > 0)
