@@ -23,7 +23,10 @@ up front. Peak memory does not grow with the number of basins or members: it is 
 chunk, about chunk_basins × days × 4·hidden_size × 4 bytes (the input gates of the whole record; 1.4 GB for
 64 basins × 30 years × hidden 128), so lower ``--chunk-basins`` for long records. After each chunk the
 group attribute ``chunks_done`` is updated; a rerun with the same arguments skips those chunks. The store is
-marked ``prediction_complete = true`` (and its metadata consolidated) only when every chunk is done.
+marked ``prediction_complete = true`` (and its metadata consolidated) only when every chunk is done. A chunk is
+marked only after its data is written, and the attribute update replaces the group's ``zarr.json`` whole (Zarr's
+LocalStore writes to a temporary file and renames it, since zarr 3.1.3; object-store PUTs are atomic), so a kill
+at any moment leaves either the old or the new list, never a torn file.
 """
 
 from __future__ import annotations
