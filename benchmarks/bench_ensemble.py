@@ -31,7 +31,8 @@ TINY = ["--physics", "eager", "--set", "batches_per_epoch=1", "--set", "seq_len=
 
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    e.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0",
+    pythonpath = os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH", "")) if p)
+    e.update(PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0",
              RAY_AUTH_MODE=e.get("RAY_AUTH_MODE", "disabled"))
     return e
 

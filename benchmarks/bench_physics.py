@@ -17,6 +17,14 @@ The training step: nn.LSTM (hidden 128) over [forcing, 12 static attributes], a 
 config.DEFAULT_PARAM_RANGES, the buckets, an MSE loss on q, backward and an Adam step; against the same LSTM
 and head with the loss on the head output. The LSTM runs in fp32 or under bf16 autocast; the physics is fp32.
 
+Before any fused row is timed, the fused op is checked at that size against the float64 eager reference on
+fresh random inputs (values, and gradients under random cotangents; relative error as ||x - ref|| / ||ref||,
+targets 1e-5 and 1e-4), with the float32 eager reference's own error beside it; on CUDA the caching allocator
+is first filled with NaN, so an output element the kernels never write shows up as NaN. The checks go into the
+JSON (``checks``) and a failed one makes the script exit non-zero after writing it.
+
+    python benchmarks/bench_physics.py --sizes 2048x730 --impl fused     # one size, fused only
+
 GPU figures are PENDING: no GPU was lent to the session that wrote this file, so only CPU results
 (benchmarks/results/physics_cpu_quick.json) exist. The H100 figures quoted in DESIGN §8 come from an earlier
 prototype and are not reproduced by this script yet; do not cite them as results of this code.
@@ -46,7 +54,7 @@ from torch import Tensor, nn  # noqa: E402
 from rootzone.config import DEFAULT_PARAM_RANGES  # noqa: E402
 from rootzone.physics import fused  # noqa: E402
 from rootzone.physics.dispatch import run_physics  # noqa: E402
-from rootzone.physics.equations import PARAM_NAMES  # noqa: E402
+from rootzone.physics.equations import PARAM_NAMES, run_buckets  # noqa: E402
 
 FULL_B, FULL_T = (256, 2048, 16384), (365, 730, 3650)
 QUICK_B, QUICK_T = (64, 256), (90, 365)
@@ -68,6 +76,56 @@ def make_inputs(b: int, t: int, device: torch.device, time_major: bool = False, 
         forcing = forcing.permute(2, 1, 0).contiguous().permute(2, 1, 0)
         params = params.permute(2, 1, 0).contiguous().permute(2, 1, 0)
     return forcing.to(device), params.to(device)
+
+
+def rel_error(got: Tensor, ref: Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64 (NaN anywhere gives NaN)."""
+    got, ref = got.detach().double(), ref.detach().double()
+    return float((got - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def poison_allocator(device: torch.device, nbytes: int) -> None:
+    """Fill ``nbytes`` of CUDA's caching allocator with NaN and free it, so that the next allocations of the
+    op reuse NaN memory: an element the kernels never write is then NaN instead of a plausible stale value."""
+    if device.type == "cuda":
+        torch.empty(max(nbytes // 4, 1), device=device).fill_(float("nan"))
+        torch.cuda.synchronize(device)
+
+
+def check_fused(b: int, t: int, device: torch.device, seed: int = 1) -> dict:
+    """Relative errors of the fused op (float32) and of the float32 eager path against float64 eager, values
+    and gradients, on fresh random inputs of size b x t (seed differs from the timing inputs')."""
+    forcing, params = make_inputs(b, t, device, seed=seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cot = [torch.randn(b, t, generator=gen, device=device, dtype=torch.float64) for _ in range(5)]
+    f64, p64 = forcing.double().requires_grad_(), params.double().requires_grad_()
+    ref = run_buckets(f64, p64)
+    ref_g = torch.autograd.grad(list(ref), [f64, p64], cot)
+    ref_v = [r.detach() for r in ref]
+    del ref, f64, p64
+    result = {"B": b, "T": t}
+    for name, run in (("fused", fused.run_buckets_fused), ("eager_fp32", run_buckets)):
+        poison_allocator(device, 4 * b * t * 64)
+        f32, p32 = forcing.clone().requires_grad_(), params.clone().requires_grad_()
+        out = run(f32, p32)
+        grads = torch.autograd.grad(list(out), [f32, p32], [c.float() for c in cot])
+        result[name] = {"values": max(rel_error(o, r) for o, r in zip(out, ref_v)),
+                        "grad_forcing": rel_error(grads[0], ref_g[0]), "grad_params": rel_error(grads[1], ref_g[1]),
+                        "non_finite": int(sum((~torch.isfinite(o)).sum() for o in out)
+                                          + sum((~torch.isfinite(g)).sum() for g in grads))}
+        del out, grads
+    f = result["fused"]
+    result["ok"] = bool(f["non_finite"] == 0 and f["values"] <= 1e-5 and f["grad_forcing"] <= 1e-4
+                        and f["grad_params"] <= 1e-4)
+    return result
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'2048x730,256x365' -> [(2048, 730), (256, 365)]."""
+    try:
+        return [(int(b), int(t)) for b, t in (item.lower().split("x") for item in text.split(",") if item)]
+    except ValueError:
+        raise SystemExit(f"--sizes: expected BxT[,BxT...] such as 2048x730, got {text!r}") from None
 
 
 def physics_fn(impl: str):
@@ -210,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'shared machine')")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed repeats per row")
     ap.add_argument("--max-reps", type=int, default=20)
+    ap.add_argument("--sizes", help="comma list of BxT for the physics rows, replacing the grid (e.g. 2048x730)")
+    ap.add_argument("--train-size", default=None, help="BxT of the training-step rows (default 2048x730; "
+                                                         "--quick: the largest quick B x the smallest T)")
+    ap.add_argument("--no-check", action="store_true", help="skip the fused-vs-float64 checks")
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/physics_<device>_<quick|full>.json)")
     args = ap.parse_args(argv)
@@ -222,15 +284,22 @@ def main(argv: list[str] | None = None) -> None:
     if "fused" in impls and device.type == "cuda":
         impls.append("fused-tm")
     sizes_b, sizes_t = (QUICK_B, QUICK_T) if args.quick else (FULL_B, FULL_T)
+    sizes = parse_sizes(args.sizes) if args.sizes else [(b, t) for b in sizes_b for t in sizes_t]
     rows: list[dict] = []
-    for b in sizes_b:
-        for t in sizes_t:
-            for impl in impls:
-                for mode in ("forward", "forward+backward"):
-                    rows.append(bench_physics(impl, b, t, mode, device, args))
-                    print(json.dumps(rows[-1]), flush=True)
+    checks: list[dict] = []
+    for b, t in sizes:
+        if "fused" in impls and not args.no_check:
+            checks.append(check_fused(b, t, device))
+            print(json.dumps({"check": checks[-1]}), flush=True)
+        for impl in impls:
+            for mode in ("forward", "forward+backward"):
+                rows.append(bench_physics(impl, b, t, mode, device, args))
+                print(json.dumps(rows[-1]), flush=True)
     if not args.no_train:
-        b, t = (sizes_b[-1], sizes_t[0]) if args.quick else (2048, 730)
+        if args.train_size:
+            (b, t), = parse_sizes(args.train_size)
+        else:
+            b, t = (sizes_b[-1], sizes_t[0]) if args.quick else (2048, 730)
         for precision in ("fp32", "bf16"):
             for model in ["lstm", *[i for i in impls if i != "fused-tm"]]:
                 rows.append(bench_train(model, b, t, precision, device, args))
@@ -242,8 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     note = ("GPU figures pending: this file holds CPU results only." if device.type == "cpu"
             else "measured on the device named above") + (f" {args.note}" if args.note else "")
     out.write_text(json.dumps({"benchmark": "rootzone bucket physics throughput", **environment(device),
-                               "quick": args.quick, "note": note, "results": rows}, indent=2) + "\n")
+                               "quick": args.quick, "note": note, "checks": checks, "results": rows},
+                              indent=2) + "\n")
     print(f"wrote {out}")
+    failed = [c for c in checks if not c["ok"]]
+    if failed:
+        raise SystemExit(f"fused check failed at {[(c['B'], c['T']) for c in failed]}: see 'checks' in {out}")
 
 
 if __name__ == "__main__":

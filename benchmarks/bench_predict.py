@@ -1,14 +1,16 @@
-"""Prediction benchmark: throughput (basin-days/s) and peak host memory (RSS) of ``rootzone predict`` on CPU
-for synthetic stores of growing basin counts.
+"""Prediction benchmark: throughput (basin-days/s) and peak host memory (RSS) of ``rootzone predict`` for
+synthetic stores of growing basin counts, on CPU or on a GPU.
 
-    python benchmarks/bench_predict.py                         # 200 and 1,000 basins x 30 years
+    python benchmarks/bench_predict.py                         # CPU: 200 and 1,000 basins x 30 years
     python benchmarks/bench_predict.py --basins 200 1000 10000 --members 2 --hidden 128
+    python benchmarks/bench_predict.py --device cuda --physics auto --basins 1000 10000 --chunk-basins 256
 
 Each store is written block by block (``schema.StoreWriter``), so building it never holds all basins either.
 The experiment has ``--members`` randomly initialised members (weights do not change the cost). Each
 prediction runs in its own process; its peak RSS comes from ``os.wait4`` (ru_maxrss). The claim checked:
 peak RSS is roughly independent of the basin count, because basins stream through ``--chunk-basins`` at a
-time. Results go to benchmarks/results/predict_cpu.json. GPU figures are not measured here.
+time. Results go to benchmarks/results/predict_<device>.json; on CUDA the JSON also holds the GPU's name and
+its peak allocated memory.
 """
 
 from __future__ import annotations
@@ -88,8 +90,10 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     summary = predict(args.experiment, args.store, args.out, members="all", chunk_basins=args.chunk_basins,
-                      overwrite=True, device="cpu", physics=args.physics)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "members": len(summary["members"])}))
+                      overwrite=True, device=args.device, physics=args.physics)
+    gpu_peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
+    print(json.dumps({"seconds": time.perf_counter() - t0, "members": len(summary["members"]),
+                      "gpu_peak_mb": None if gpu_peak is None else round(gpu_peak / 2**20)}))
 
 
 def run_size(work: Path, n: int, args: argparse.Namespace) -> dict:
@@ -99,9 +103,11 @@ def run_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     build = time.perf_counter() - t0
     make_experiment(exp, store, args.members, args.hidden)
     cmd = [sys.executable, __file__, "--child", "--experiment", str(exp), "--store", store, "--out", out,
-           "--chunk-basins", str(args.chunk_basins), "--physics", args.physics, "--threads", str(args.threads)]
+           "--chunk-basins", str(args.chunk_basins), "--physics", args.physics, "--threads", str(args.threads),
+           "--device", args.device]
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": pythonpath})
     _, status, usage = os.wait4(proc.pid, 0)
     stdout = proc.stdout.read()
     if os.waitstatus_to_exitcode(status) != 0:
@@ -111,13 +117,13 @@ def run_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     return {"basins": n, "days": days, "members": timing["members"], "store_build_s": round(build, 1),
             "predict_s": round(timing["seconds"], 1),
             "basin_days_per_s": round(n * days * timing["members"] / timing["seconds"]),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "gpu_peak_mb": timing["gpu_peak_mb"]}
 
 
 def main() -> None:
     if "--child" in sys.argv:
         cp = argparse.ArgumentParser()
-        for flag in ("--experiment", "--store", "--out", "--physics"):
+        for flag in ("--experiment", "--store", "--out", "--physics", "--device"):
             cp.add_argument(flag)
         cp.add_argument("--chunk-basins", type=int)
         cp.add_argument("--threads", type=int)
@@ -133,26 +139,37 @@ def main() -> None:
     p.add_argument("--physics", default="eager", help="eager | compiled | auto (default eager)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared machine more "
                                                           "threads contend and run slower)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "predict_cpu.json"))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the prediction runs")
+    p.add_argument("--out", help="JSON file (default benchmarks/results/predict_<device>.json)")
     p.add_argument("--work", help="scratch folder (default: a temporary one)")
     args = p.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible")
+        gpu = torch.cuda.get_device_name()
+    else:
+        gpu = None
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"predict_{args.device}.json")
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         rows = []
         for n in args.basins:
             rows.append(run_size(Path(tmp), n, args))
             print(json.dumps(rows[-1]), flush=True)
     result = {
-        "benchmark": "rootzone predict, CPU", **provenance(),
+        "benchmark": f"rootzone predict, {args.device}", **provenance(), "gpu": gpu,
         "settings": {"years": args.years, "members": args.members, "hidden_size": args.hidden,
-                     "chunk_basins": args.chunk_basins, "physics": args.physics, "threads": args.threads},
+                     "chunk_basins": args.chunk_basins, "physics": args.physics, "threads": args.threads,
+                     "device": args.device},
         "results": rows,
-        "gpu": "pending: no GPU was available in this session; not measured",
         "note": "basin_days_per_s counts every member (basins x days x members / wall seconds of the whole "
                 "prediction, store reads and Zarr writes included); peak_rss_mb is the predicting process's "
                 "maximum resident set size.",
     }
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""The benchmark scripts' own logic: the fused pre-timing check can fail, provenance ignores result files,
+and the bf16 verdict compares like with like. (The benchmarks' figures are not tested here.)"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_physics  # noqa: E402
+import bench_precision  # noqa: E402
+import provenance  # noqa: E402
+
+
+def test_fused_check_passes_the_op_and_fails_a_wrong_one(monkeypatch):
+    import torch
+
+    good = bench_physics.check_fused(8, 30, torch.device("cpu"))
+    assert good["ok"] and good["fused"]["values"] < 1e-5 and good["fused"]["non_finite"] == 0
+
+    real = bench_physics.fused.run_buckets_fused
+
+    def off_by_a_little(forcing, params):
+        out = real(forcing, params)
+        return type(out)(*(o * (1 + 1e-3) for o in out))
+
+    monkeypatch.setattr(bench_physics.fused, "run_buckets_fused", off_by_a_little)
+    bad = bench_physics.check_fused(8, 30, torch.device("cpu"))
+    assert not bad["ok"] and bad["fused"]["values"] > 5e-4
+    assert bad["eager_fp32"]["values"] < 1e-5  # the reference side is untouched
+
+
+def test_parse_sizes():
+    assert bench_physics.parse_sizes("2048x730,16X3650") == [(2048, 730), (16, 3650)]
+    with pytest.raises(SystemExit, match="expected BxT"):
+        bench_physics.parse_sizes("2048")
+
+
+def test_provenance_ignores_result_files(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    commit, dirty = provenance.git_state(tmp_path)
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text('{"new": 1}\n')
+    assert provenance.git_state(tmp_path)[1] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.git_state(tmp_path)[1] is True
+    assert provenance.git_state(tmp_path / "nowhere") == (None, None)
+
+
+def test_precision_verdict():
+    def row(precision, seed, q):
+        return {"precision": precision, "seed": seed, "nse": {"q": q, "et": 0.9}}
+
+    same = bench_precision.verdict([row("fp32", 0, 0.90), row("bf16", 0, 0.89), row("fp32", 1, 0.91),
+                                    row("bf16", 1, 0.905)], tolerance=0.02)
+    assert same["q"]["ok"] and same["et"]["diff"] == 0.0
+    worse = bench_precision.verdict([row("fp32", 0, 0.90), row("bf16", 0, 0.80), row("fp32", 1, 0.91),
+                                     row("bf16", 1, 0.81)], tolerance=0.02)
+    assert not worse["q"]["ok"] and worse["q"]["diff"] == pytest.approx(-0.10)
