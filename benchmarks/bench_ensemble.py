@@ -91,6 +91,11 @@ def bench_cpu(args: argparse.Namespace, work: Path) -> dict:
 
 
 def bench_gpu(args: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--mode gpu: no CUDA device is visible")
+    gpu = torch.cuda.get_device_name()
     store = work / "store.zarr"
     make_store(store, args.basins, args.years)
     from rootzone.config import Config
@@ -105,7 +110,7 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> dict:
         wall = time.perf_counter() - t0
         days = k * args.epochs * c.batches_per_epoch * min(c.batch_size, args.basins) * c.seq_len
         out[f"{k}_processes"] = {"wall_s": round(wall, 1), "basin_days_per_s": round(days / wall)}
-    return {"basins": args.basins, "years": args.years, "epochs": args.epochs, "results": out,
+    return {"gpu": gpu, "basins": args.basins, "years": args.years, "epochs": args.epochs, "results": out,
             "note": "training windows only (validation and evaluation time included in wall time)"}
 
 
