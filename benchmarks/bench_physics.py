@@ -18,10 +18,11 @@ config.DEFAULT_PARAM_RANGES, the buckets, an MSE loss on q, backward and an Adam
 and head with the loss on the head output. The LSTM runs in fp32 or under bf16 autocast; the physics is fp32.
 
 Before any fused row is timed, the fused op is checked at that size against the float64 eager reference on
-fresh random inputs (values, and gradients under random cotangents; relative error as ||x - ref|| / ||ref||,
-targets 1e-5 and 1e-4), with the float32 eager reference's own error beside it; on CUDA the caching allocator
-is first filled with NaN, so an output element the kernels never write shows up as NaN. The checks go into the
-JSON (``checks``) and a failed one makes the script exit non-zero after writing it.
+fresh random inputs: values, and gradients under random cotangents, measured as the tests measure them
+(rootzone.physics.verify: per channel against its own scale; targets 1e-5 and 1e-4), with the float32 eager
+path's own error beside it. On CUDA the caching allocator is first filled with NaN, so an output element the
+kernels never write shows up as NaN. The checks go into the JSON (``checks``) and a failed one makes the
+script exit non-zero after writing it.
 
     python benchmarks/bench_physics.py --sizes 2048x730 --impl fused     # one size, fused only
 
@@ -52,7 +53,7 @@ from provenance import git_state  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from rootzone.config import DEFAULT_PARAM_RANGES  # noqa: E402
-from rootzone.physics import fused  # noqa: E402
+from rootzone.physics import fused, verify  # noqa: E402
 from rootzone.physics.dispatch import run_physics  # noqa: E402
 from rootzone.physics.equations import PARAM_NAMES, run_buckets  # noqa: E402
 
@@ -78,12 +79,6 @@ def make_inputs(b: int, t: int, device: torch.device, time_major: bool = False, 
     return forcing.to(device), params.to(device)
 
 
-def rel_error(got: Tensor, ref: Tensor) -> float:
-    """||got - ref|| / ||ref|| in float64 (NaN anywhere gives NaN)."""
-    got, ref = got.detach().double(), ref.detach().double()
-    return float((got - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
 def poison_allocator(device: torch.device, nbytes: int) -> None:
     """Fill ``nbytes`` of CUDA's caching allocator with NaN and free it, so that the next allocations of the
     op reuse NaN memory: an element the kernels never write is then NaN instead of a plausible stale value."""
@@ -93,30 +88,16 @@ def poison_allocator(device: torch.device, nbytes: int) -> None:
 
 
 def check_fused(b: int, t: int, device: torch.device, seed: int = 1) -> dict:
-    """Relative errors of the fused op (float32) and of the float32 eager path against float64 eager, values
-    and gradients, on fresh random inputs of size b x t (seed differs from the timing inputs')."""
-    forcing, params = make_inputs(b, t, device, seed=seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    cot = [torch.randn(b, t, generator=gen, device=device, dtype=torch.float64) for _ in range(5)]
-    f64, p64 = forcing.double().requires_grad_(), params.double().requires_grad_()
-    ref = run_buckets(f64, p64)
-    ref_g = torch.autograd.grad(list(ref), [f64, p64], cot)
-    ref_v = [r.detach() for r in ref]
-    del ref, f64, p64
+    """Errors (rootzone.physics.verify) of the fused op and of the float32 eager path against float64 eager,
+    values and gradients, on fresh random inputs of size b x t (seed differs from the timing inputs')."""
+    forcing, params = (x.double() for x in make_inputs(b, t, device, seed=seed))
+    cotangents = verify.draw_cotangents(forcing, torch.Generator(device=device).manual_seed(seed))
+    ref = verify.reference(forcing, params, cotangents)
     result = {"B": b, "T": t}
     for name, run in (("fused", fused.run_buckets_fused), ("eager_fp32", run_buckets)):
-        poison_allocator(device, 4 * b * t * 64)
-        f32, p32 = forcing.clone().requires_grad_(), params.clone().requires_grad_()
-        out = run(f32, p32)
-        grads = torch.autograd.grad(list(out), [f32, p32], [c.float() for c in cot])
-        result[name] = {"values": max(rel_error(o, r) for o, r in zip(out, ref_v)),
-                        "grad_forcing": rel_error(grads[0], ref_g[0]), "grad_params": rel_error(grads[1], ref_g[1]),
-                        "non_finite": int(sum((~torch.isfinite(o)).sum() for o in out)
-                                          + sum((~torch.isfinite(g)).sum() for g in grads))}
-        del out, grads
-    f = result["fused"]
-    result["ok"] = bool(f["non_finite"] == 0 and f["values"] <= 1e-5 and f["grad_forcing"] <= 1e-4
-                        and f["grad_params"] <= 1e-4)
+        result[name] = verify.errors_against(run, forcing, params, cotangents, ref,
+                                             before_run=lambda: poison_allocator(device, 4 * b * t * 64))
+    result["ok"] = verify.within_targets(result["fused"])
     return result
 
 

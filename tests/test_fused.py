@@ -29,17 +29,15 @@ from hypothesis import strategies as st
 
 from rootzone.config import DEFAULT_PARAM_RANGES
 from rootzone.errors import ConfigError
-from rootzone.physics import dispatch, fused
+from rootzone.physics import dispatch, fused, verify
 from rootzone.physics.equations import PARAM_NAMES, run_buckets
 from rootzone.physics.fused import run_buckets_fused
+from rootzone.physics.verify import GRAD_RTOL, VALUE_RTOL, rel_error
 
 LOW = torch.tensor([DEFAULT_PARAM_RANGES[n][0] for n in PARAM_NAMES], dtype=torch.float64)
 HIGH = torch.tensor([DEFAULT_PARAM_RANGES[n][1] for n in PARAM_NAMES], dtype=torch.float64)
 KINDS = ("random", "zero_precipitation", "all_snow", "smax_shrinks_below_s", "large_beta", "tiny_smax",
          "kg_max", "parameter_bounds", "empty_stores")
-VALUE_RTOL = 1e-5
-GRAD_RTOL = 1e-4
-NOISE_FLOOR = 1e-6  # a channel whose reference is below 1e-6 of the largest channel is measured against that
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -79,32 +77,10 @@ def make_case(kind: str, seed: int, b: int = 12, t: int = 40) -> tuple[torch.Ten
     return forcing, params
 
 
-def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest error relative to the scale of its series: max over channels of max_{b,t} |got - ref| /
-    max_{b,t} |ref| for [B, T] or [B, T, C] (a channel that is exactly zero in the reference must be zero)."""
-    got, ref = got.detach().double(), ref.detach().double()
-    if got.dim() == 2:
-        got, ref = got[..., None], ref[..., None]
-    num = (got - ref).abs().amax((0, 1))
-    den = ref.abs().amax((0, 1))
-    den = torch.maximum(den, NOISE_FLOOR * den.max())  # a channel at rounding-noise level of the others
-    return float(torch.where(den > 0, num / den.clamp_min(1e-300), num * 1e300).max())
-
-
 def compare(run, forcing: torch.Tensor, params: torch.Tensor, seed: int = 0) -> dict[str, float]:
     """Relative errors of ``run`` (float32 inputs) against float64 ``run_buckets``, values and gradients
-    under random cotangents on all five outputs."""
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    f64, p64 = forcing.clone().requires_grad_(), params.clone().requires_grad_()
-    ref = run_buckets(f64, p64)
-    cot = [torch.randn(forcing.shape[:2], generator=gen, dtype=torch.float64) for _ in range(5)]
-    ref_gf, ref_gp = torch.autograd.grad(list(ref), [f64, p64], cot)
-    f32, p32 = forcing.float().requires_grad_(), params.float().requires_grad_()
-    out = run(f32, p32)
-    gf, gp = torch.autograd.grad(list(out), [f32, p32], [c.float() for c in cot])
-    assert all(o.dtype == torch.float32 and o.shape == forcing.shape[:2] for o in out)
-    return {"values": max(rel_error(o, r) for o, r in zip(out, ref)),
-            "grad_forcing": rel_error(gf, ref_gf), "grad_params": rel_error(gp, ref_gp)}
+    under random cotangents on all five outputs (rootzone.physics.verify, shared with the benchmark)."""
+    return verify.compare(run, forcing, params, torch.Generator().manual_seed(10_000 + seed))
 
 
 def assert_close(err: dict[str, float], float32_err: dict[str, float] | None = None) -> None:
