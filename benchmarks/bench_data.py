@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from child import run_child
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,18 +80,12 @@ def make_tree(root: Path, n_basins: int, years: int, fmt: str, seed: int = 0, po
 
 
 def run_build(tree: Path, out: Path, chunk: int) -> dict:
-    """Build in a child process; wall time and the child's own peak RSS (bytes)."""
+    """Build in a child process; wall time and the child's own peak RSS."""
     cmd = [sys.executable, "-m", "rootzone.cli", "data", "caravan", str(tree), str(out), "--quiet",
            "--chunk-basins", str(chunk)]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"build failed: {stderr.strip()}")
-    return {"build_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    stdout, _, peak_mb = run_child(cmd, "build")
+    return {"build_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_mb, 1),
             "build_output": stdout.strip().splitlines()[0]}
 
 
@@ -130,13 +123,8 @@ def loader_throughput(store: Path, batches: int, batch_size: int, seq_len: int) 
 def run_loader(store: Path, batches: int) -> dict:
     """The loader benchmark in a child process, with that process's own peak RSS."""
     cmd = [sys.executable, __file__, "--loader-child", str(store), "--loader-batches", str(batches)]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"loader benchmark failed: {stderr.strip()[-2000:]}")
-    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    stdout, _, peak_mb = run_child(cmd, "loader benchmark")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": round(peak_mb, 1)}
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from child import child_env
 from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +31,8 @@ TINY = ["--physics", "eager", "--set", "batches_per_epoch=1", "--set", "seq_len=
 
 
 def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    pythonpath = os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH", "")) if p)
-    e.update(PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0",
+    e = child_env({k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    e.update(OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0",
              RAY_AUTH_MODE=e.get("RAY_AUTH_MODE", "disabled"))
     return e
 

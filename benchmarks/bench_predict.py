@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from child import run_child
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,19 +104,13 @@ def run_size(work: Path, n: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", "--experiment", str(exp), "--store", store, "--out", out,
            "--chunk-basins", str(args.chunk_basins), "--physics", args.physics, "--threads", str(args.threads),
            "--device", args.device]
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": pythonpath})
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout = proc.stdout.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"prediction of {n} basins failed:\n{stdout}")
+    stdout, _, peak_mb = run_child(cmd, f"prediction of {n} basins")
     timing = json.loads(stdout.strip().splitlines()[-1])
     days = int(round(args.years * 365.25))
     return {"basins": n, "days": days, "members": timing["members"], "store_build_s": round(build, 1),
             "predict_s": round(timing["seconds"], 1),
             "basin_days_per_s": round(n * days * timing["members"] / timing["seconds"]),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "gpu_peak_mb": timing["gpu_peak_mb"]}
+            "peak_rss_mb": round(peak_mb), "gpu_peak_mb": timing["gpu_peak_mb"]}
 
 
 def main() -> None:
