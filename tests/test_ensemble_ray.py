@@ -305,12 +305,15 @@ def test_lost_node_trial_completes_elsewhere(small_store, tmp_path):
             # reached Tune when the node went may be run again, nothing earlier
             assert resumed >= 1 and before[:resumed] == list(range(1, resumed + 1)), log
             assert len(before) <= resumed + 1 and after == list(range(resumed + 1, 7)), log
-        # Tune's record never goes back to an earlier epoch (no restart from scratch) and ends at 6. Around
-        # the lost node it is at-least-once and may drop a row in flight: the epoch being reported when the
-        # node went can appear twice ([1, 2, 2, 3, ...]) or, before Tune held its checkpoint, not at all.
         rows = reported_epochs(exp, name)
-        assert rows == sorted(rows) and rows[-1] == 6 and len(rows) - len(set(rows)) <= 1, rows
-        assert set(range(max(resumed or 1, 2), 7)) <= set(rows), rows
+        if resumed is None:
+            assert rows == [1, 2, 3, 4, 5, 6], rows
+        else:
+            # Tune's record of the moved trial never goes back to an earlier epoch (no restart from scratch),
+            # holds every epoch run after the resume and ends at 6. Rows of the first attempt, on the lost
+            # node, may be missing ([2, ...], [3, ...] seen) or the epoch in flight repeated ([1, 2, 2, ...]).
+            assert rows == sorted(rows) and len(rows) - len(set(rows)) <= 1, rows
+            assert set(range(resumed + 1, 7)) <= set(rows) and rows[-1] == 6, rows
     check_table(exp, folds=2, seeds=1)
     assert leftover == [], "Ray processes left over"
 
