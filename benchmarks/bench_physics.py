@@ -25,6 +25,10 @@ kernels never write shows up as NaN. The checks go into the JSON (``checks``) an
 script exit non-zero after writing it.
 
     python benchmarks/bench_physics.py --sizes 2048x730 --impl fused     # one size, fused only
+    python benchmarks/bench_physics.py --sizes 2048x730 --impl fused --no-train --tune 2048x730,16384x730
+
+``--tune`` sweeps the fused kernels' launch configs (basins per program x pipeline stages of the time loop,
+fused_kernels.BLOCK_B / NUM_STAGES are the defaults) and checks each config's results against the default's.
 
 GPU figures are PENDING: no GPU was lent to the session that wrote this file, so only CPU results
 (benchmarks/results/physics_cpu_quick.json) exist. The H100 figures quoted in DESIGN §8 come from an earlier
@@ -162,6 +166,47 @@ def bench_physics(impl: str, b: int, t: int, mode: str, device: torch.device, ar
             "basin_days_per_s": b * t / seconds, "peak_mem_bytes": peak}
 
 
+def tune_fused(b: int, t: int, device: torch.device, blocks: list[int], stages: list[int], args) -> list[dict]:
+    """Launch configs of the fused kernels at one size: basin-days/s of the forward and of forward + backward
+    per (basins per program, pipeline stages), run on time-major planes straight through
+    ``fused_kernels.launch_*``. Each config's outputs and gradients are compared with the default config's
+    (``max_rel_diff``, rootzone.physics.verify.rel_error; a config reorders loads and work, not arithmetic,
+    so anything above 1e-6 fails), so a faster config is also a correct one."""
+    from rootzone.physics import fused_kernels as fk
+
+    forcing, params = make_inputs(b, t, device, time_major=True)
+    fp, pp = forcing.permute(2, 1, 0), params.permute(2, 1, 0)  # contiguous [C, T, B] planes
+    cot = torch.randn(5, t, b, generator=torch.Generator().manual_seed(2)).to(device)
+
+    def run(block: int, n_stages: int, backward: bool = True) -> tuple[Tensor, ...]:
+        out = torch.empty(5, t, b, device=device)
+        fk.launch_forward(fp, pp, out, block=block, stages=n_stages)
+        if not backward:
+            return (out,)
+        gf, gp = torch.empty_like(fp), torch.empty_like(pp)
+        fk.launch_backward(fp, pp, out, cot, gf, gp, block=block, stages=n_stages)
+        return out, gf, gp
+
+    poison_allocator(device, 4 * b * t * 64)
+    default = run(fk.BLOCK_B, fk.NUM_STAGES)
+    rows = []
+    for block in blocks:
+        for n_stages in stages:
+            poison_allocator(device, 4 * b * t * 64)
+            got = run(block, n_stages)
+            diff = max(verify.rel_error(g.permute(2, 1, 0), d.permute(2, 1, 0)) for g, d in zip(got, default))
+            for mode in ("forward", "forward+backward"):
+                seconds, peak = timed(lambda bl=block, st=n_stages, bw=mode != "forward": run(bl, st, bw), device,
+                                      args.min_time, args.max_reps)
+                rows.append({"kind": "fused-config", "impl": f"{fused_label(device)}-tm b{block} s{n_stages}",
+                             "mode": mode, "B": b, "T": t, "block": block, "stages": n_stages,
+                             "default": (block, n_stages) == (fk.BLOCK_B, fk.NUM_STAGES), "seconds": seconds,
+                             "basin_days_per_s": b * t / seconds, "peak_mem_bytes": peak,
+                             "max_rel_diff_vs_default": diff, "ok": diff <= 1e-6})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 class Net(nn.Module):
     """Minimal parameter network: LSTM over [forcing, statics] -> linear head -> sigmoid into the ranges."""
 
@@ -253,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-size", default=None, help="BxT of the training-step rows (default 2048x730; "
                                                          "--quick: the largest quick B x the smallest T)")
     ap.add_argument("--no-check", action="store_true", help="skip the fused-vs-float64 checks")
+    ap.add_argument("--tune", help="comma list of BxT at which to sweep the fused kernels' launch configs "
+                                   "(--tune-blocks x --tune-stages); CUDA or --interpret")
+    ap.add_argument("--tune-blocks", default="32,64,128,256", help="basins per program to sweep")
+    ap.add_argument("--tune-stages", default="1,2,3,4", help="pipeline stages of the time loop to sweep")
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/physics_<device>_<quick|full>.json)")
     args = ap.parse_args(argv)
@@ -276,6 +325,12 @@ def main(argv: list[str] | None = None) -> None:
             for mode in ("forward", "forward+backward"):
                 rows.append(bench_physics(impl, b, t, mode, device, args))
                 print(json.dumps(rows[-1]), flush=True)
+    if args.tune:
+        if device.type != "cuda" and not fused.interpreting():
+            ap.error("--tune times the Triton kernels: it needs CUDA, or --interpret for a dry run on CPU")
+        blocks, stages = ([int(x) for x in text.split(",")] for text in (args.tune_blocks, args.tune_stages))
+        for b, t in parse_sizes(args.tune):
+            rows.extend(tune_fused(b, t, device, blocks, stages, args))
     if not args.no_train:
         if args.train_size:
             (b, t), = parse_sizes(args.train_size)
@@ -298,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     failed = [c for c in checks if not c["ok"]]
     if failed:
         raise SystemExit(f"fused check failed at {[(c['B'], c['T']) for c in failed]}: see 'checks' in {out}")
+    differing = sorted({r["impl"] for r in rows if r["kind"] == "fused-config" and not r["ok"]})
+    if differing:
+        raise SystemExit(f"launch configs {differing} differ from the default config by over 1e-6: see {out}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # Every GPU figure the issues ask for, in three device calls of under 10 minutes each. Prepare once here:
 #     bash scripts/device_wheels.sh           # zarr, dask, ... as wheels in .whl/ (the GPU image lacks them)
 # then, with the `device` tool (carry [".whl"]), one call per stage:
-#     bash benchmarks/gpu_campaign.sh physics     # CUDA fused tests; fused grid with checks; baselines, train steps
+#     bash benchmarks/gpu_campaign.sh physics     # CUDA fused tests; launch-config sweep; fused grid with checks;
+#                                                 # baselines and train steps
 #     bash benchmarks/gpu_campaign.sh training    # bf16 vs fp32 twin skill; 1/2/4 packed trials on one GPU
 #     bash benchmarks/gpu_campaign.sh predict     # prediction of 1,000 and 10,000 basins x 30 years
 # Results and logs land in $OUT (default ./gpu-results); copy the JSON into benchmarks/results/ and commit.
@@ -38,10 +39,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 
 case $stage in
   physics)
-    step fused_tests 150 "$PY" -m pytest -q -x tests/test_fused.py tests/test_compiled.py
-    step physics_fused 240 "$PY" benchmarks/bench_physics.py --impl fused --no-train \
+    step fused_tests 100 "$PY" -m pytest -q -x tests/test_fused.py tests/test_compiled.py
+    step fused_tuning 120 "$PY" benchmarks/bench_physics.py --impl fused --sizes 2048x730 --no-train \
+      --tune 2048x730 --tune-blocks 64,128,256 --tune-stages 1,2,3,4 --min-time 0.2 \
+      --out "$OUT/physics_cuda_tuning.json"
+    step physics_fused 200 "$PY" benchmarks/bench_physics.py --impl fused --no-train \
       --out "$OUT/physics_cuda_fused_grid.json"
-    step physics_baselines 200 "$PY" benchmarks/bench_physics.py --impl eager,compiled,fused \
+    step physics_baselines 170 "$PY" benchmarks/bench_physics.py --impl eager,compiled,fused \
       --sizes 256x365,2048x730 --train-size 2048x730 --out "$OUT/physics_cuda_baselines.json"
     ;;
   training)

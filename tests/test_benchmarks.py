@@ -1,6 +1,9 @@
-"""The benchmark scripts' own logic: the fused pre-timing check can fail, provenance ignores result files,
-and the bf16 verdict compares like with like. (The benchmarks' figures are not tested here.)"""
+"""The benchmark scripts' own logic: the fused pre-timing check can fail, the launch-config sweep runs and
+compares configs, provenance ignores result files, and the bf16 verdict compares like with like. (The
+benchmarks' figures are not tested here.)"""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +34,27 @@ def test_fused_check_passes_the_op_and_fails_a_wrong_one(monkeypatch):
     bad = bench_physics.check_fused(8, 30, torch.device("cpu"))
     assert not bad["ok"] and bad["fused"]["values"] > 5e-4
     assert bad["eager_fp32"]["values"] < 1e-5  # the reference side is untouched
+
+
+def test_launch_config_sweep_under_the_interpreter(tmp_path):
+    """bench_physics --tune end to end on the Triton interpreter: every (block, stages) row, forward and
+    forward+backward, with the default config flagged and every config equal to it (block 4 at 8 basins:
+    two programs)."""
+    pytest.importorskip("triton")
+    from rootzone.physics.fused_kernels import BLOCK_B, NUM_STAGES
+
+    out = tmp_path / "tune.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_physics.py"), "--interpret", "--impl", "fused",
+                           "--sizes", "8x12", "--no-train", "--tune", "8x12", "--tune-blocks", f"4,{BLOCK_B}",
+                           "--tune-stages", f"1,{NUM_STAGES}", "--min-time", "0", "--max-reps", "1", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [r for r in json.loads(out.read_text())["results"] if r["kind"] == "fused-config"]
+    assert {(r["block"], r["stages"], r["mode"]) for r in rows} == {
+        (b, s, m) for b in (4, BLOCK_B) for s in (1, NUM_STAGES) for m in ("forward", "forward+backward")}
+    assert all(r["ok"] and r["max_rel_diff_vs_default"] <= 1e-6 and r["seconds"] > 0 for r in rows)
+    assert {(r["block"], r["stages"]) for r in rows if r["default"]} == {(BLOCK_B, NUM_STAGES)}
 
 
 def test_parse_sizes():

@@ -218,10 +218,14 @@ def test_killed_worker_retries_from_checkpoint(ray_head, small_store, tmp_path):
     trial = exp / "trials" / "fold0_seed0"
     assert (trial / ".fault_injected").exists(), "the fault was not injected"
     log = (trial / "train.log").read_text()
-    assert "resumed from" in log and "after epoch 2" in log, log
-    after_resume = log.split("resumed from", 1)[1]
-    assert "epoch 1 train" not in after_resume and "epoch 4 train" in after_resume, log
-    assert reported_epochs(exp, "fold0_seed0") == [1, 2, 3, 4]
+    before, resumed, after = logged_epochs(log)
+    # epoch 3 was trained, then the worker died before reporting it; the retry resumes after epoch 2
+    assert before[:2] == [1, 2] and resumed == 2 and after == [3, 4], log
+    # Tune's record never repeats or goes back to an epoch and ends at 4. It may lack the rows of the
+    # attempt whose worker died ([3, 4] seen once in many runs): the trial's train.log above is the record
+    # that every epoch ran exactly once after the resume.
+    rows = reported_epochs(exp, "fold0_seed0")
+    assert rows == sorted(set(rows)) and {3, 4} <= set(rows) and rows[-1] == 4, rows
     assert reported_epochs(exp, "fold1_seed0") == [1, 2, 3, 4]
     assert json.loads((trial / "metrics.json").read_text())["epochs_run"] == 4
     check_table(exp, folds=2, seeds=1)

@@ -12,8 +12,18 @@ Saved states, not recomputation. The forward's outputs already hold the end-of-d
 day, which are the start-of-day states of the next day. The backward therefore re-reads them (3 floats per
 basin-day that exist anyway, since they are outputs) and recomputes only the intermediates of one day from
 them. Full recomputation would instead need checkpointing (an extra forward pass plus a state store per
-segment) to avoid O(T^2) work, for no memory saving, so saving wins without a measurement; the only open
-question for a GPU measurement is the block size / warps.
+segment) to avoid O(T^2) work, for no memory saving, so saving wins without a measurement.
+
+Latency, not bandwidth. Forward and backward together move 196 bytes per basin-day (68 + 128: each input read
+once, each output written once; ``benchmarks/kernel_sass.py`` counts the loads and stores in the sm_90 machine
+code), so an H100's 3.35 TB/s would allow 1.7e10 basin-days/s. But a program walks its T days one after
+another, and at 2048 basins there are only 16 programs for 132 SMs: the run takes T times the latency of one
+day, not bytes over bandwidth. A plain loop makes every day wait for its own loads (global-memory latency,
+hundreds of cycles) before about 200 (forward) or 400 (backward) instructions of largely dependent arithmetic.
+The time loop is therefore software-pipelined, ``tl.range(0, T, num_stages=STAGES)``: Triton issues the loads of
+day t + STAGES - 1 as ``cp.async`` copies into shared memory while day t computes, so a day waits only for a
+shared-memory read. The defaults BLOCK_B and NUM_STAGES are reasoned, not yet measured: ``bench_physics.py
+--tune`` times every (block, stages) pair on a GPU and checks each against the default.
 
 Sub-gradients follow ``rootzone.physics.equations`` exactly: ``_min(a, b)`` picks ``a`` when ``a <= b`` and
 gives it the gradient; ``_pos(x)`` passes the gradient only for ``x > 0``; the wetness clamp passes it only
@@ -34,6 +44,7 @@ N_FORCING = 4  # P mm/d, T °C, PET mm/d, LAI m²/m²
 N_PARAMS = 8  # PARAM_NAMES order
 N_OUT = 5  # q, et (mm/d), w, s, g (mm)
 BLOCK_B = 128  # basins per program (one per thread with 4 warps); to be tuned on a GPU
+NUM_STAGES = 3  # software-pipeline depth of the time loop: day t + NUM_STAGES - 1 is in flight during day t
 
 
 @triton.jit
@@ -112,7 +123,8 @@ def _load_day(ft, pt, sf_c, sp_c, mask):
 @triton.jit
 def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
                     sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, so_c, so_t, so_b,
-                    T_S: tl.constexpr, TAU: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr):
+                    T_S: tl.constexpr, TAU: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr,
+                    STAGES: tl.constexpr):
     """Forward over all T days for BLOCK basins. f: forcing [4, T, B]; p: params [8, T, B]; o: [5, T, B]."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < B
@@ -127,7 +139,7 @@ def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
     w = tl.zeros([BLOCK], dtype=tl.float32)
     s = 0.5 * smax0
     g = tl.zeros([BLOCK], dtype=tl.float32)
-    for t in range(T):
+    for t in tl.range(0, T, num_stages=STAGES):
         t64 = z64 + t
         ft = fb + t64 * sf_t
         pt = pb + t64 * sp_t
@@ -149,7 +161,7 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
                      sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, so_c, so_t, so_b,
                      sgo_c, sgo_t, sgo_b, sgf_c, sgf_t, sgf_b, sgp_c, sgp_t, sgp_b,
                      T_S: tl.constexpr, TAU: tl.constexpr, EPS: tl.constexpr,
-                     NEED_FORCING: tl.constexpr, BLOCK: tl.constexpr):
+                     NEED_FORCING: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     """Adjoint in reverse time. o: saved forward outputs [5, T, B]; go: their cotangents [5, T, B];
     gf: forcing gradient [4, T, B] (written only if NEED_FORCING); gp: parameter gradient [8, T, B]."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -170,7 +182,7 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
     a_w = tl.zeros([BLOCK], dtype=tl.float32)  # adjoints of the end-of-day storages
     a_s = tl.zeros([BLOCK], dtype=tl.float32)
     a_g = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(T):
+    for i in tl.range(0, T, num_stages=STAGES):
         t = T - 1 - i
         t64 = z64 + t
         ft = fb + t64 * sf_t
@@ -282,17 +294,22 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
             tl.store(gft + 3 * sgf_c, d_lai, mask=mask)
 
 
-def launch_forward(forcing: Tensor, params: Tensor, out: Tensor, block: int = BLOCK_B) -> None:
-    """Fill ``out`` [5, T, B] from forcing [4, T, B] and params [8, T, B] (float32 views of any strides)."""
+def launch_forward(forcing: Tensor, params: Tensor, out: Tensor, block: int = BLOCK_B,
+                   stages: int = NUM_STAGES) -> None:
+    """Fill ``out`` [5, T, B] from forcing [4, T, B] and params [8, T, B] (float32 views of any strides).
+    ``block``: basins per program (a power of 2); ``stages``: pipeline depth of the time loop (1: none)."""
     _, t, b = forcing.shape
     grid = (triton.cdiv(b, block),)
     _forward_kernel[grid](forcing, params, out, t, b, *forcing.stride(), *params.stride(), *out.stride(),
-                          T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, BLOCK=block, enable_fp_fusion=False)
+                          T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, BLOCK=block, STAGES=stages,
+                          enable_fp_fusion=False)
 
 
 def launch_backward(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tensor,
-                    grad_forcing: Tensor | None, grad_params: Tensor, block: int = BLOCK_B) -> None:
-    """Fill ``grad_params`` [8, T, B] (and ``grad_forcing`` [4, T, B] unless None) by the reverse sweep."""
+                    grad_forcing: Tensor | None, grad_params: Tensor, block: int = BLOCK_B,
+                    stages: int = NUM_STAGES) -> None:
+    """Fill ``grad_params`` [8, T, B] (and ``grad_forcing`` [4, T, B] unless None) by the reverse sweep;
+    ``block`` and ``stages`` as in :func:`launch_forward`."""
     _, t, b = forcing.shape
     need_forcing = grad_forcing is not None
     gf = grad_forcing if need_forcing else grad_params  # dummy pointer, never written
@@ -301,7 +318,7 @@ def launch_backward(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tens
                            *forcing.stride(), *params.stride(), *out.stride(), *grad_out.stride(),
                            *gf.stride(), *grad_params.stride(),
                            T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, NEED_FORCING=need_forcing, BLOCK=block,
-                           enable_fp_fusion=False)
+                           STAGES=stages, enable_fp_fusion=False)
 
 
 def interpreted() -> bool:
