@@ -9,11 +9,12 @@ stages of the time loop, layout): registers per thread, local-memory spills, sha
 the time loop (the body between the loop's backward branch and its target), i.e. per simulated day:
 instructions, global loads (``LDG`` = the thread waits for memory on the day it uses the value; ``LDGSTS`` =
 ``cp.async`` into shared memory issued ``stages - 1`` days ahead by Triton's software pipeliner), stores and
-special-function ops (``MUFU``: exp2, log2, reciprocal) and block barriers (``BAR``: the pipeliner's
-per-day synchronisation of a program's warps). Every load or store instruction moves one float32 of
-one basin, so 4 bytes times their count is the traffic per basin-day; with it, the bandwidth ceiling on an
-H100 SXM (3.35 TB/s HBM3). Layout ``time_major`` specialises the basin stride to 1 as Triton does at run time
-for time-major planes; ``batch_first`` keeps every stride generic (the [B, T, C] views the model passes).
+special-function ops (``MUFU``: exp2, reciprocal) and block barriers (``BAR``: the pipeliner's per-day
+synchronisation of a program's warps). The launchers give each basin one thread, so every load or store
+instruction moves one float32 of one basin and 4 bytes times their count is the traffic per basin-day; with
+it, the bandwidth ceiling on an H100 SXM (3.35 TB/s HBM3). Layout ``time_major`` specialises the basin
+stride to 1 as Triton does at run time for time-major planes; ``batch_first`` keeps every stride generic (the
+[B, T, C] views the model passes).
 
 This is a static reading, not a timing: the throughput figures come from bench_physics.py on a GPU.
 Writes benchmarks/results/kernel_sm90_static.json unless --out says otherwise.
@@ -52,7 +53,8 @@ def cuobjdump() -> Path:
 
 
 def build(kernel_name: str, block: int, stages: int, layout: str = "time_major") -> tuple[bytes, int]:
-    """sm_90 cubin of ``fused_kernels.<kernel_name>`` and its shared memory in bytes."""
+    """sm_90 cubin of ``fused_kernels.<kernel_name>`` and its shared memory in bytes, with the warps the
+    launchers use (one thread per basin)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
@@ -68,7 +70,8 @@ def build(kernel_name: str, block: int, stages: int, layout: str = "time_major")
         raise ValueError(f"layout must be time_major or batch_first, got {layout!r}")
     sig = {n: ("*fp32" if n.endswith("_ptr") else "constexpr" if n in consts else "i32") for n in kernel.arg_names}
     src = ASTSource(kernel, sig, constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
-    compiled = compile(src, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False})
+    compiled = compile(src, target=GPUTarget("cuda", 90, 32),
+                       options={"enable_fp_fusion": False, "num_warps": fk.warps_for(block)})
     return compiled.asm["cubin"], int(compiled.metadata.shared)
 
 
@@ -105,17 +108,23 @@ def analyse(kernel_name: str, block: int, stages: int, layout: str) -> dict:
     loop = time_loop(code)
     ops = Counter(op.split(".")[0] for _, op, _ in loop)
     loads = ops["LDG"] + ops["LDGSTS"]
+    from rootzone.physics.fused_kernels import warps_for
+
+    basins_per_thread = block / (32 * warps_for(block))
     return {"kernel": kernel_name.strip("_").replace("_kernel", ""), "block": block, "stages": stages,
-            "layout": layout, "registers": usage.get("REG"), "spill_bytes": usage.get("LOCAL", 0),
+            "layout": layout, "warps": warps_for(block), "registers": usage.get("REG"),
+            "spill_bytes": usage.get("LOCAL", 0),
             "shared_bytes": shared, "per_day": {"instructions": len(loop), "LDG": ops["LDG"],
                                                  "LDGSTS": ops["LDGSTS"], "shared_loads": ops["LDS"] + ops["LDSM"],
                                                  "STG": ops["STG"], "MUFU": ops["MUFU"], "BAR": ops["BAR"]},
-            "bytes_per_basin_day": BYTES_PER_ACCESS * (loads + ops["STG"])}
+            "bytes_per_basin_day": BYTES_PER_ACCESS * (loads + ops["STG"]) / basins_per_thread}
 
 
-def occupancy(block: int, sizes=(256, 2048, 16384), warps: int = 4) -> list[dict]:
+def occupancy(block: int, sizes=(256, 2048, 16384)) -> list[dict]:
     """Programs per launch and the share of the H100's SMs that hold one, at each number of basins."""
-    return [{"B": b, "programs": -(-b // block), "warps": -(-b // block) * warps,
+    from rootzone.physics.fused_kernels import warps_for
+
+    return [{"B": b, "programs": -(-b // block), "warps": -(-b // block) * warps_for(block),
              "sm_share": min(1.0, -(-b // block) / H100_SMS)} for b in sizes]
 
 

@@ -43,7 +43,7 @@ from rootzone.physics.equations import T_SNOW, TAU_SNOW, WETNESS_EPS
 N_FORCING = 4  # P mm/d, T °C, PET mm/d, LAI m²/m²
 N_PARAMS = 8  # PARAM_NAMES order
 N_OUT = 5  # q, et (mm/d), w, s, g (mm)
-BLOCK_B = 128  # basins per program (one per thread with 4 warps); to be tuned on a GPU
+BLOCK_B = 128  # basins per program, one per thread (block // 32 warps); to be tuned on a GPU
 NUM_STAGES = 3  # software-pipeline depth of the time loop: day t + NUM_STAGES - 1 is in flight during day t
 
 
@@ -294,6 +294,14 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
             tl.store(gft + 3 * sgf_c, d_lai, mask=mask)
 
 
+def warps_for(block: int) -> int:
+    """Warps per program for ``block`` basins: one thread per basin (a smaller program would replicate each
+    basin across threads, a larger one serialise several basins in a thread)."""
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"basins per program must be a power of 2, got {block}")
+    return max(1, block // 32)
+
+
 def launch_forward(forcing: Tensor, params: Tensor, out: Tensor, block: int = BLOCK_B,
                    stages: int = NUM_STAGES) -> None:
     """Fill ``out`` [5, T, B] from forcing [4, T, B] and params [8, T, B] (float32 views of any strides).
@@ -302,7 +310,7 @@ def launch_forward(forcing: Tensor, params: Tensor, out: Tensor, block: int = BL
     grid = (triton.cdiv(b, block),)
     _forward_kernel[grid](forcing, params, out, t, b, *forcing.stride(), *params.stride(), *out.stride(),
                           T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, BLOCK=block, STAGES=stages,
-                          enable_fp_fusion=False)
+                          num_warps=warps_for(block), enable_fp_fusion=False)
 
 
 def launch_backward(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tensor,
@@ -318,7 +326,7 @@ def launch_backward(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tens
                            *forcing.stride(), *params.stride(), *out.stride(), *grad_out.stride(),
                            *gf.stride(), *grad_params.stride(),
                            T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, NEED_FORCING=need_forcing, BLOCK=block,
-                           STAGES=stages, enable_fp_fusion=False)
+                           STAGES=stages, num_warps=warps_for(block), enable_fp_fusion=False)
 
 
 def interpreted() -> bool:
