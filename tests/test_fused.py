@@ -217,8 +217,8 @@ def launch_config_errors(kind: str, t: int, device: str, blocks, stages) -> list
 @pytest.mark.parametrize("kind", ["random", "all_snow", "smax_shrinks_below_s", "parameter_bounds"])
 def test_cuda_kernels_match_reference_at_every_launch_config(kind, t):
     """On a GPU: the compiled kernels (not the interpreter) against float64, for runs shorter than the
-    pipeline (T < stages: the prologue's predicated loads), a partial last program (B = 130), and every
-    (block, stages) the benchmark sweeps. Buffers start as NaN, so an element never written fails."""
+    pipeline (T < stages: the prologue's predicated loads), a partial last program (B = 130), and blocks
+    and stages across the benchmark's sweep. Buffers start as NaN, so an element never written fails."""
     for row in launch_config_errors(kind, t, "cuda", blocks=(32, 128, 256), stages=(1, 2, 3, 4)):
         assert_close(row, row["eager32"])
 
