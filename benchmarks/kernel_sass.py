@@ -103,16 +103,17 @@ def time_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
 
 def analyse(kernel_name: str, block: int, stages: int, layout: str) -> dict:
     """Registers, spills, shared memory and the per-day instruction mix of one kernel build."""
+    from rootzone.physics.fused_kernels import warps_for
+
     cubin, shared = build(kernel_name, block, stages, layout)
     usage, code = read_cubin(cubin)
     loop = time_loop(code)
     ops = Counter(op.split(".")[0] for _, op, _ in loop)
     loads = ops["LDG"] + ops["LDGSTS"]
-    from rootzone.physics.fused_kernels import warps_for
-
-    basins_per_thread = block / (32 * warps_for(block))
+    warps = warps_for(block)
+    basins_per_thread = block / (32 * warps)
     return {"kernel": kernel_name.strip("_").replace("_kernel", ""), "block": block, "stages": stages,
-            "layout": layout, "warps": warps_for(block), "registers": usage.get("REG"),
+            "layout": layout, "warps": warps, "registers": usage.get("REG"),
             "spill_bytes": usage.get("LOCAL", 0),
             "shared_bytes": shared, "per_day": {"instructions": len(loop), "LDG": ops["LDG"],
                                                  "LDGSTS": ops["LDGSTS"], "shared_loads": ops["LDS"] + ops["LDSM"],

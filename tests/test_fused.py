@@ -92,37 +92,46 @@ def assert_close(err: dict[str, float], float32_err: dict[str, float] | None = N
     assert err["grad_params"] <= max(GRAD_RTOL, 2 * slack.get("grad_params", 0.0)), (err, slack)
 
 
+def raw_kernel_errors(fp: torch.Tensor, pp: torch.Tensor, cot: list[torch.Tensor], ref: verify.Reference,
+                      block: int, stages: int | None = None, need_forcing: bool = True) -> dict[str, object]:
+    """Run the raw kernels (fused_kernels.launch_*) on float32 planes fp [4, T, B] and pp [8, T, B] into
+    NaN-filled buffers, with the cotangents ``cot`` (five float64 [B, T]); errors against ``ref``
+    (verify.reference) and whether every output element was written."""
+    from rootzone.physics import fused_kernels as fk
+
+    stages = fk.NUM_STAGES if stages is None else stages
+    ref_values, (ref_gf, ref_gp) = ref
+    out = torch.full((5, *fp.shape[1:]), float("nan"), device=fp.device)
+    gf = torch.full_like(fp, float("nan")) if need_forcing else None
+    gp = torch.full_like(pp, float("nan"))
+    fk.launch_forward(fp, pp, out, block=block, stages=stages)
+    fk.launch_backward(fp, pp, out, torch.stack([c.T for c in cot]).float().to(fp.device), gf, gp, block=block,
+                       stages=stages)
+    written = bool(torch.isfinite(out).all() and torch.isfinite(gp).all()
+                   and (gf is None or torch.isfinite(gf).all()))
+    return {"all_written": written,
+            "values": max(rel_error(out[k].T.cpu(), r) for k, r in enumerate(ref_values)),
+            "grad_params": rel_error(gp.permute(2, 1, 0).cpu(), ref_gp),
+            "grad_forcing": 0.0 if gf is None else rel_error(gf.permute(2, 1, 0).cpu(), ref_gf)}
+
+
 # ---------------------------------------------------------------- Triton kernels under the interpreter
 def interpreter_report() -> dict[str, object]:
     """Run in the subprocess (TRITON_INTERPRET=1): errors per scenario, and the raw kernels' coverage of
     NaN-prefilled buffers for several layouts, multi-program grids and the params-only backward."""
-    from rootzone.physics import fused_kernels as fk
-
     assert fused.interpreting(), "TRITON_INTERPRET=1 was not in effect"
     report: dict[str, object] = {k: compare(run_buckets_fused, *make_case(k, seed=i, t=32), seed=i)
                                  for i, k in enumerate(KINDS)}
     forcing, params = make_case("random", seed=99, b=13, t=9)
-    f64, p64 = forcing.clone().requires_grad_(), params.clone().requires_grad_()
-    ref = run_buckets(f64, p64)
-    cot = torch.randn(5, 9, 13, dtype=torch.float64)
-    ref_gf, ref_gp = torch.autograd.grad(list(ref), [f64, p64], [c.T for c in cot])
+    cot = verify.draw_cotangents(forcing, torch.Generator().manual_seed(99))
+    ref = verify.reference(forcing, params, cot)
     layouts = {"batch_first": (forcing.float().permute(2, 1, 0), params.float().permute(2, 1, 0)),
                "time_major": (forcing.float().permute(2, 1, 0).contiguous(),
                               params.float().permute(2, 1, 0).contiguous())}
     for name, (fp, pp) in layouts.items():
-        for need_forcing in (True, False):
-            out = torch.full((5, 9, 13), float("nan"))
-            fk.launch_forward(fp, pp, out, block=4)  # 4 programs, the last one masked
-            gf = torch.full_like(fp, float("nan")) if need_forcing else None
-            gp = torch.full_like(pp, float("nan"))
-            fk.launch_backward(fp, pp, out, cot.float(), gf, gp, block=4)
-            written = bool(torch.isfinite(out).all() and torch.isfinite(gp).all()
-                           and (gf is None or torch.isfinite(gf).all()))
-            report[f"coverage_{name}_{need_forcing}"] = {
-                "all_written": written,
-                "values": max(rel_error(out[k].T, r) for k, r in enumerate(ref)),
-                "grad_params": rel_error(gp.permute(2, 1, 0), ref_gp),
-                "grad_forcing": 0.0 if gf is None else rel_error(gf.permute(2, 1, 0), ref_gf)}
+        for need_forcing in (True, False):  # block 4: 4 programs, the last one masked
+            report[f"coverage_{name}_{need_forcing}"] = raw_kernel_errors(fp, pp, cot, ref, block=4,
+                                                                          need_forcing=need_forcing)
     return report
 
 
@@ -190,26 +199,14 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not fused.trito
 def launch_config_errors(kind: str, t: int, device: str, blocks, stages) -> list[dict]:
     """Errors of the raw kernels on ``device`` against float64 for each (block, stages), with the float32
     eager path's own error as the bar where float32 rounding of the formula is larger (tiny T)."""
-    from rootzone.physics import fused_kernels as fk
-
     forcing, params = make_case(kind, seed=t, b=130, t=t)
     cot = verify.draw_cotangents(forcing, torch.Generator().manual_seed(t))
     ref = verify.reference(forcing, params, cot)
-    (ref_values, (ref_gf, ref_gp)), eager32 = ref, verify.errors_against(run_buckets, forcing, params, cot, ref)
+    eager32 = verify.errors_against(run_buckets, forcing, params, cot, ref)
     fp, pp = (x.float().permute(2, 1, 0).contiguous().to(device) for x in (forcing, params))
-    go = torch.stack([c.T for c in cot]).float().to(device)
-    rows = []
-    for block in blocks:
-        for n_stages in stages:
-            out = torch.full((5, t, 130), float("nan"), device=device)
-            gf, gp = torch.full_like(fp, float("nan")), torch.full_like(pp, float("nan"))
-            fk.launch_forward(fp, pp, out, block=block, stages=n_stages)
-            fk.launch_backward(fp, pp, out, go, gf, gp, block=block, stages=n_stages)
-            rows.append({"config": (block, n_stages), "eager32": eager32,
-                         "values": max(rel_error(out[k].T.cpu(), r) for k, r in enumerate(ref_values)),
-                         "grad_forcing": rel_error(gf.permute(2, 1, 0).cpu(), ref_gf),
-                         "grad_params": rel_error(gp.permute(2, 1, 0).cpu(), ref_gp)})
-    return rows
+    return [{"config": (block, n_stages), "eager32": eager32,
+             **raw_kernel_errors(fp, pp, cot, ref, block=block, stages=n_stages)}
+            for block in blocks for n_stages in stages]
 
 
 @needs_cuda
@@ -220,6 +217,7 @@ def test_cuda_kernels_match_reference_at_every_launch_config(kind, t):
     pipeline (T < stages: the prologue's predicated loads), a partial last program (B = 130), and blocks
     and stages across the benchmark's sweep. Buffers start as NaN, so an element never written fails."""
     for row in launch_config_errors(kind, t, "cuda", blocks=(32, 128, 256), stages=(1, 2, 3, 4)):
+        assert row["all_written"], row
         assert_close(row, row["eager32"])
 
 
