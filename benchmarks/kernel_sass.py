@@ -10,7 +10,8 @@ the time loop (the body between the loop's backward branch and its target), i.e.
 instructions, global loads (``LDG`` = the thread waits for memory on the day it uses the value; ``LDGSTS`` =
 ``cp.async`` into shared memory issued ``stages - 1`` days ahead by Triton's software pipeliner), stores and
 special-function ops (``MUFU``: exp2, reciprocal) and block barriers (``BAR``: the pipeliner's per-day
-synchronisation of a program's warps). The launchers give each basin one thread, so every load or store
+synchronisation of a program's warps). The three loads of the initial storages ``state0 [3, B]`` happen once per
+basin before the loop and are not part of it. The launchers give each basin one thread, so every load or store
 instruction moves one float32 of one basin and 4 bytes times their count is the traffic per basin-day; with
 it, the bandwidth ceiling on an H100 SXM (3.35 TB/s HBM3). Layout ``time_major`` specialises the basin
 stride to 1 as Triton does at run time for time-major planes; ``batch_first`` keeps every stride generic (the

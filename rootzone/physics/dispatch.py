@@ -48,28 +48,39 @@ def _compiled_step():
     return torch.compile(eq.bucket_step, dynamic=None, fullgraph=True)
 
 
-def _run_with_step(step, forcing: Tensor, params: Tensor) -> eq.BucketOutputs:
-    state = eq.initial_state(params[:, 0, 0])
+def _run_with_step(step, forcing: Tensor, params: Tensor, state0: Tensor) -> eq.BucketOutputs:
+    # separate [B] tensors, not views of one [3, B] buffer: the compiled step then sees the same kind of input
+    # on day 0 as on every later day (no aliasing guard, no recompile)
+    state = eq.BucketState(*(x.clone() for x in state0.unbind(0)))
     p_all, t_all, pet_all, lai_all = forcing.unbind(-1)
     outs = []
     for day in range(forcing.shape[1]):
         state, flux = step(state, p_all[:, day], t_all[:, day], pet_all[:, day], lai_all[:, day],
                            params[:, day])
         outs.append((flux.q, flux.et, state.w, state.s, state.g))
+    if not outs:  # T = 0
+        return eq.run_buckets(forcing, params, state0)
     return eq.BucketOutputs(*(torch.stack(series, dim=1) for series in zip(*outs)))
 
 
-def run_physics(forcing: Tensor, params: Tensor, impl: str = "eager") -> eq.BucketOutputs:
+def run_physics(forcing: Tensor, params: Tensor, impl: str = "eager", state0: Tensor | None = None
+                ) -> eq.BucketOutputs:
     """Run the bucket model with a concrete implementation (see :func:`resolve`).
 
     forcing: [B, T, 4] (P, T, PET, LAI); params: [B, T, 8] physical units, float32 or float64.
+    state0: initial storages [3, B] = (W, S, G) in mm at the start of day 0, on params' device (cast to
+    params' dtype), e.g. from :func:`rootzone.physics.equations.spinup_state` or the end-of-day storages of a
+    previous run (:func:`rootzone.physics.equations.final_state`). It gets no gradient in any implementation.
+    ``None`` is the legacy cold start W = 0, S = S_max(day 0)/2, G = 0 (detached), kept until every caller
+    passes spun-up states.
+    Returns BucketOutputs of [B, T] series: q, et (mm/d), end-of-day w, s, g (mm).
     """
     if impl == "eager":
-        return eq.run_buckets(forcing, params)
+        return eq.run_buckets(forcing, params, state0)
     if impl == "compiled":
-        return _run_with_step(_compiled_step(), forcing, params)
+        return _run_with_step(_compiled_step(), forcing, params, eq.as_state0(state0, params))
     if impl == "fused":
         from rootzone.physics.fused import run_buckets_fused
 
-        return run_buckets_fused(forcing, params)
+        return run_buckets_fused(forcing, params, state0)
     raise ConfigError(f"config field 'physics': unknown implementation {impl!r}")

@@ -13,6 +13,14 @@ leaf area index LAI (m²/m², 0 when absent). Parameters per basin and day, in p
     fg    f_g    share of excess water recharging groundwater -
     kg    k_g    baseflow recession                           d⁻¹
 
+Initial storages. Every run starts from given storages ``state0`` [3, B] = (W, S, G) in mm, an input of every
+implementation (eager, compiled, fused) that receives no gradient (it is detached: storages come from a
+no-grad spin-up or from a stored no-grad pass, DESIGN §4). :func:`spinup` makes them for the start of a record
+by cycling its first year. ``state0=None`` is the legacy cold start W = 0, S = S_max(day 0)/2, G = 0
+(:func:`cold_state`), kept until every caller passes states; it is detached too, so day 0's S_max gets no
+gradient through the initial S. An initial S above the day-0 S_max needs no clamping: step 5 releases it as
+overflow on day 0.
+
 Every `min`/`max` uses one explicit sub-gradient convention (``_min`` gives the gradient to its first
 argument on ties, ``_pos`` gives zero gradient at 0, the wetness clamp passes the gradient only strictly
 inside (eps, 1)), and the fused kernel uses the same, so gradients agree exactly.
@@ -84,9 +92,33 @@ def _clamp(x: Tensor, lo: float, hi: float) -> Tensor:
 
 
 def initial_state(smax0: Tensor) -> BucketState:
-    """W = 0, S = S_max/2, G = 0 from the first day's S_max [B]."""
+    """Legacy cold start W = 0, S = S_max/2, G = 0 from the first day's S_max [B] (mm). Not detached: use
+    :func:`cold_state` for the state that the runs use when no ``state0`` is given."""
     zero = torch.zeros_like(smax0)
     return BucketState(w=zero, s=0.5 * smax0, g=zero)
+
+
+def cold_state(params: Tensor) -> Tensor:
+    """The legacy cold start [3, B] (W = 0, S = S_max(day 0)/2, G = 0, mm) of params [B, T, 8], detached."""
+    return torch.stack(initial_state(params[:, 0, 0].detach()))
+
+
+def as_state0(state0: Tensor | BucketState | None, params: Tensor) -> Tensor:
+    """Initial storages as the [3, B] tensor (W, S, G in mm) that every implementation takes: detached (no
+    gradient flows into initial storages), in ``params``' dtype. ``None`` gives :func:`cold_state`; a
+    :class:`BucketState` of three [B] tensors is stacked."""
+    if state0 is None:
+        return cold_state(params)
+    if isinstance(state0, BucketState):
+        state0 = torch.stack(tuple(state0))
+    n_basins = params.shape[0]
+    if state0.shape != (3, n_basins):
+        raise ValueError(f"state0 must be [3, B] = (W, S, G) for B = {n_basins} basins, got {tuple(state0.shape)}")
+    if state0.device != params.device:
+        raise ValueError(f"state0 on {state0.device} but params on {params.device}")
+    if not state0.is_floating_point():
+        raise TypeError(f"state0 must be a float tensor, got {state0.dtype}")
+    return state0.detach().to(params.dtype)
 
 
 def bucket_step(
@@ -128,15 +160,15 @@ def bucket_step(
     return BucketState(w, s, g), BucketFluxes(q=q_surface + q_base, et=e_int + e_t)
 
 
-def run_buckets(forcing: Tensor, params: Tensor, state: BucketState | None = None) -> BucketOutputs:
-    """Run the bucket model over time.
+def run_buckets(forcing: Tensor, params: Tensor, state0: Tensor | BucketState | None = None) -> BucketOutputs:
+    """Run the bucket model over time (the eager reference).
 
     forcing: [B, T, 4] = (P mm/d, T °C, PET mm/d, LAI m²/m²); params: [B, T, 8] physical units.
-    state: optional initial storages; default W = 0, S = S_max(day 0)/2, G = 0.
-    Returns BucketOutputs of [B, T] series.
+    state0: initial storages [3, B] = (W, S, G) in mm at the start of day 0 (a :class:`BucketState` works
+    too); detached, so no gradient flows into it. ``None``: the legacy cold start (:func:`cold_state`).
+    Returns BucketOutputs of [B, T] series (end-of-day storages).
     """
-    if state is None:
-        state = initial_state(params[:, 0, 0])
+    state = BucketState(*as_state0(state0, params).unbind(0))
     outs: list[tuple[Tensor, ...]] = []
     p_all, t_all, pet_all, lai_all = forcing.unbind(-1)
     for day in range(forcing.shape[1]):
@@ -144,4 +176,85 @@ def run_buckets(forcing: Tensor, params: Tensor, state: BucketState | None = Non
             state, p_all[:, day], t_all[:, day], pet_all[:, day], lai_all[:, day], params[:, day]
         )
         outs.append((flux.q, flux.et, state.w, state.s, state.g))
+    if not outs:  # T = 0
+        empty = forcing.new_empty((forcing.shape[0], 0), dtype=params.dtype)
+        return BucketOutputs(*(empty for _ in range(5)))
     return BucketOutputs(*(torch.stack(series, dim=1) for series in zip(*outs)))
+
+
+def final_state(out: BucketOutputs) -> Tensor:
+    """The storages [3, B] = (W, S, G) (mm) at the end of a run's last day, i.e. the ``state0`` that continues
+    it: ``run(f[:, k:], p[:, k:], final_state(run(f[:, :k], p[:, :k])))`` equals days k.. of the whole run."""
+    return torch.stack([out.w[:, -1], out.s[:, -1], out.g[:, -1]])
+
+
+class Spinup(NamedTuple):
+    """Result of :func:`spinup`."""
+
+    state: Tensor  # [3, B] storages (W, S, G) in mm at the start of day 0 of the record
+    cycles: int  # cycles of the year that were run (1..max_cycles)
+    change_mm: float  # max over basins and storages of |state after the last cycle - state before it| (mm)
+    converged: bool  # change_mm < tol_mm
+
+
+@torch.no_grad()
+def spinup(forcing_year: Tensor, params_year: Tensor, run: str = "eager", max_cycles: int = 10,
+           tol_mm: float = 1.0) -> Spinup:
+    """Storages at the start of a record, spun up by cycling its first year (DESIGN §4).
+
+    forcing_year: [B, D, 4] and params_year: [B, D, 8] (units as :func:`run_buckets`), the record's first
+    D days; D should be one whole year (365) so that the cycle wraps at the same season (a shorter record is
+    cycled as it is). ``run``: the implementation, a :func:`rootzone.physics.dispatch.run_physics` name
+    ("eager", "compiled", "fused"). No gradient (the result is a constant for whatever runs next).
+
+    Start: W = 0, S = half the year's mean S_max per basin (not day 0's, so the start does not hinge on the
+    first day's S_max), G = 0. Each cycle runs the D days from the current storages; W and S continue from the
+    cycle's end, and G is set to the periodic steady state of the cycle's recharge. G does not feed back on W
+    or S (recharge depends on the root zone only) and over a cycle it is linear,
+    G_end = G_start * Π(1 - k_g) + C, so that steady state is exact, G* = C / (1 - Π(1 - k_g)): slow
+    groundwater (k_g down to 1e-4 d⁻¹, a time scale of decades) needs no more cycles than the soil. Cycling
+    stops when no storage of any basin changed by ``tol_mm`` (mm) or more in the last cycle, or after
+    ``max_cycles`` (>= 1). A basin that never converges (e.g. snow that never melts and grows every year)
+    keeps the state of the last cycle; ``converged`` says so.
+    """
+    from rootzone.physics.dispatch import run_physics  # dispatch imports this module
+
+    if forcing_year.dim() != 3 or params_year.dim() != 3 or forcing_year.shape[-1] != 4 \
+            or params_year.shape[-1] != 8 or forcing_year.shape[:2] != params_year.shape[:2]:
+        raise ValueError(f"expected forcing_year [B, D, 4] and params_year [B, D, 8], got "
+                         f"{tuple(forcing_year.shape)} and {tuple(params_year.shape)}")
+    n_days = forcing_year.shape[1]
+    if not 1 <= n_days <= 366:
+        raise ValueError(f"spin-up cycles the first year: 1 <= D <= 366 days, got {n_days}")
+    if max_cycles < 1:
+        raise ValueError(f"max_cycles must be >= 1, got {max_cycles}")
+    params_year = params_year.detach()
+    if params_year.shape[0] == 0:
+        return Spinup(state=params_year.new_zeros((3, 0)), cycles=0, change_mm=0.0, converged=True)
+    smax_mean = params_year[..., 0].mean(dim=1)
+    zero = torch.zeros_like(smax_mean)
+    state = torch.stack([zero, 0.5 * smax_mean, zero])
+    # share of G left after one cycle, Π(1 - k_g), and whether it decays at all (else plain cycling)
+    kept = torch.log1p(-params_year[..., 7].double()).sum(dim=1).exp()
+    decays = (1.0 - kept) > 1e-6
+    change = float("inf")
+    cycles = 0
+    while cycles < max_cycles:
+        out = run_physics(forcing_year, params_year, run, state)
+        end = final_state(out).to(params_year.dtype)
+        g_end, g_start = end[2].double(), state[2].double()  # float64: 1 - Π(1 - k_g) can be 0.04
+        recharge_part = g_end - g_start * kept  # C: G at the end of the cycle from G = 0
+        g_star = torch.where(decays, recharge_part / torch.where(decays, 1.0 - kept, 1.0), g_end)
+        new = torch.stack([end[0], end[1], g_star.to(params_year.dtype)])
+        change = float((new - state).abs().max())
+        state = new
+        cycles += 1
+        if change < tol_mm:
+            break
+    return Spinup(state=state, cycles=cycles, change_mm=change, converged=change < tol_mm)
+
+
+def spinup_state(forcing_year: Tensor, params_year: Tensor, run: str = "eager", max_cycles: int = 10,
+                 tol_mm: float = 1.0) -> Tensor:
+    """The spun-up storages [3, B] (W, S, G in mm) of :func:`spinup` (which also says how many cycles)."""
+    return spinup(forcing_year, params_year, run, max_cycles, tol_mm).state

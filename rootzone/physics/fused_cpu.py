@@ -1,10 +1,11 @@
 """CPU implementation of the fused op (used on CPU tensors when Triton's interpreter is not on).
 
-The same contract as the Triton kernels in :mod:`rootzone.physics.fused_kernels`: planes ``[C, T, B]`` in,
-planes out, float32. The forward is the reference ``bucket_step``; the backward is the same hand-written
-adjoint as the Triton backward kernel (reverse sweep over days on ``[B]`` vectors, states re-read from the
-saved outputs), written with torch ops. It cannot call autograd: inside a custom op's kernel the autograd
-dispatch keys are excluded.
+The same contract as the Triton kernels in :mod:`rootzone.physics.fused_kernels`: planes ``[C, T, B]`` and the
+initial storages ``state0 [3, B]`` in, planes out, float32; no gradient for ``state0``. The forward is the
+reference ``bucket_step``; the backward is the same hand-written adjoint as the Triton backward kernel
+(reverse sweep over days on ``[B]`` vectors, states re-read from the saved outputs and ``state0`` for day 0),
+written with torch ops. It cannot call autograd: inside a custom op's kernel the autograd dispatch keys are
+excluded.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from torch import Tensor
 from rootzone.physics.equations import T_SNOW, TAU_SNOW, WETNESS_EPS, BucketState, bucket_step
 
 
-def forward_planes(forcing: Tensor, params: Tensor) -> Tensor:
-    """Outputs [5, T, B] (q, et, w, s, g) from forcing [4, T, B] and params [8, T, B], via the reference."""
+def forward_planes(forcing: Tensor, params: Tensor, state0: Tensor) -> Tensor:
+    """Outputs [5, T, B] (q, et, w, s, g) from forcing [4, T, B], params [8, T, B] and the storages state0
+    [3, B] (W, S, G at the start of day 0), via the reference."""
     n_days = forcing.shape[1]
     out = forcing.new_empty((5, n_days, forcing.shape[2]))
-    smax0 = params[0, 0]
-    state = BucketState(torch.zeros_like(smax0), 0.5 * smax0, torch.zeros_like(smax0))
+    state = BucketState(*state0)
     for t in range(n_days):
         state, flux = bucket_step(state, *forcing[:, t], params[:, t].T)
         out[:, t] = torch.stack([flux.q, flux.et, state.w, state.s, state.g])
@@ -125,9 +126,11 @@ def _step_adjoint(w: Tensor, s: Tensor, g: Tensor, f: Tensor, prm: Tensor, a_out
     return a_w1 + a_avail, a_s, a_gin, d_forcing, d_params
 
 
-def backward_planes(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients (forcing [4, T, B], params [8, T, B]) from the saved outputs out [5, T, B] and their
-    cotangents grad_out [5, T, B], by the reverse sweep."""
+def backward_planes(forcing: Tensor, params: Tensor, state0: Tensor, out: Tensor, grad_out: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+    """Gradients (forcing [4, T, B], params [8, T, B]) from the initial storages state0 [3, B], the saved
+    outputs out [5, T, B] and their cotangents grad_out [5, T, B], by the reverse sweep. The adjoint of the
+    initial storages is dropped (state0 gets no gradient)."""
     n_days = forcing.shape[1]
     grad_forcing = torch.empty_like(forcing)
     grad_params = torch.empty_like(params)
@@ -137,9 +140,8 @@ def backward_planes(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tens
         if t > 0:
             w, s, g = out[2, t - 1], out[3, t - 1], out[4, t - 1]
         else:
-            w, s, g = zero, 0.5 * params[0, 0], zero
+            w, s, g = state0
         a_out = grad_out[:, t] + torch.stack([zero, zero, a_w, a_s, a_g])
         a_w, a_s, a_g, grad_forcing[:, t], grad_params[:, t] = _step_adjoint(w, s, g, forcing[:, t],
                                                                             params[:, t], a_out)
-    grad_params[0, 0] += 0.5 * a_s  # S starts at smax(day 0) / 2
     return grad_forcing, grad_params

@@ -14,6 +14,10 @@ basin-day that exist anyway, since they are outputs) and recomputes only the int
 them. Full recomputation would instead need checkpointing (an extra forward pass plus a state store per
 segment) to avoid O(T^2) work, for no memory saving, so saving wins without a measurement.
 
+Initial storages. The storages at the start of day 0 are the input ``state0 [3, B]`` (W, S, G in mm), read
+once per basin before the time loop (12 bytes per basin; the backward holds them in three registers for day
+0). They get no gradient: the adjoint of the day-0 storages is dropped at the end of the reverse sweep.
+
 Latency, not bandwidth. Forward and backward together move 196 bytes per basin-day (68 + 128: each input read
 once, each output written once; ``benchmarks/kernel_sass.py`` counts the loads and stores in the sm_90 machine
 code), so an H100's 3.35 TB/s would allow 1.7e10 basin-days/s. But a program walks its T days one after
@@ -121,11 +125,12 @@ def _load_day(ft, pt, sf_c, sp_c, mask):
 
 
 @triton.jit
-def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
-                    sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, so_c, so_t, so_b,
+def _forward_kernel(f_ptr, p_ptr, s0_ptr, o_ptr, T, B,
+                    sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, ss_c, ss_b, so_c, so_t, so_b,
                     T_S: tl.constexpr, TAU: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr,
                     STAGES: tl.constexpr):
-    """Forward over all T days for BLOCK basins. f: forcing [4, T, B]; p: params [8, T, B]; o: [5, T, B]."""
+    """Forward over all T days for BLOCK basins. f: forcing [4, T, B]; p: params [8, T, B]; s0: initial
+    storages [3, B] (W, S, G at the start of day 0, read once per basin); o: [5, T, B]."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < B
     z64 = offs * 0  # int64 zeros: every offset below is computed in 64 bits
@@ -135,10 +140,11 @@ def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
     sf_c = z64 + sf_c
     sp_c = z64 + sp_c
     so_c = z64 + so_c
-    smax0 = tl.load(pb, mask=mask, other=1.0)
-    w = tl.zeros([BLOCK], dtype=tl.float32)
-    s = 0.5 * smax0
-    g = tl.zeros([BLOCK], dtype=tl.float32)
+    sb = s0_ptr + offs * ss_b
+    ss_c = z64 + ss_c
+    w = tl.load(sb, mask=mask, other=0.0)
+    s = tl.load(sb + ss_c, mask=mask, other=0.0)
+    g = tl.load(sb + 2 * ss_c, mask=mask, other=0.0)
     for t in tl.range(0, T, num_stages=STAGES):
         t64 = z64 + t
         ft = fb + t64 * sf_t
@@ -157,13 +163,15 @@ def _forward_kernel(f_ptr, p_ptr, o_ptr, T, B,
 
 
 @triton.jit
-def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
-                     sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, so_c, so_t, so_b,
+def _backward_kernel(f_ptr, p_ptr, s0_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
+                     sf_c, sf_t, sf_b, sp_c, sp_t, sp_b, ss_c, ss_b, so_c, so_t, so_b,
                      sgo_c, sgo_t, sgo_b, sgf_c, sgf_t, sgf_b, sgp_c, sgp_t, sgp_b,
                      T_S: tl.constexpr, TAU: tl.constexpr, EPS: tl.constexpr,
                      NEED_FORCING: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
-    """Adjoint in reverse time. o: saved forward outputs [5, T, B]; go: their cotangents [5, T, B];
-    gf: forcing gradient [4, T, B] (written only if NEED_FORCING); gp: parameter gradient [8, T, B]."""
+    """Adjoint in reverse time. s0: initial storages [3, B] (read once per basin; they get no gradient: the
+    adjoint of the day-0 storages is dropped); o: saved forward outputs [5, T, B]; go: their cotangents
+    [5, T, B]; gf: forcing gradient [4, T, B] (written only if NEED_FORCING); gp: parameter gradient
+    [8, T, B]."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < B
     z64 = offs * 0  # int64 zeros: every offset below is computed in 64 bits
@@ -179,6 +187,11 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
     gob = go_ptr + offs * sgo_b
     gfb = gf_ptr + offs * sgf_b
     gpb = gp_ptr + offs * sgp_b
+    sb = s0_ptr + offs * ss_b
+    ss_c = z64 + ss_c
+    w_init = tl.load(sb, mask=mask, other=0.0)  # start-of-day storages of day 0
+    s_init = tl.load(sb + ss_c, mask=mask, other=0.0)
+    g_init = tl.load(sb + 2 * ss_c, mask=mask, other=0.0)
     a_w = tl.zeros([BLOCK], dtype=tl.float32)  # adjoints of the end-of-day storages
     a_s = tl.zeros([BLOCK], dtype=tl.float32)
     a_g = tl.zeros([BLOCK], dtype=tl.float32)
@@ -188,13 +201,13 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
         ft = fb + t64 * sf_t
         pt = pb + t64 * sp_t
         p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg = _load_day(ft, pt, sf_c, sp_c, mask)
-        # start-of-day state: yesterday's saved output, or the initial state W=0, S=smax/2, G=0 on day 0
+        # start-of-day state: yesterday's saved output, or the given initial storages on day 0
         first = t64 == 0
         prev_ok = mask & (t64 > 0)
         op = ob + (t64 - 1) * so_t
-        w = tl.load(op + 2 * so_c, mask=prev_ok, other=0.0)
-        s = tl.where(first, 0.5 * smax, tl.load(op + 3 * so_c, mask=prev_ok, other=0.0))
-        g = tl.load(op + 4 * so_c, mask=prev_ok, other=0.0)
+        w = tl.where(first, w_init, tl.load(op + 2 * so_c, mask=prev_ok, other=0.0))
+        s = tl.where(first, s_init, tl.load(op + 3 * so_c, mask=prev_ok, other=0.0))
+        g = tl.where(first, g_init, tl.load(op + 4 * so_c, mask=prev_ok, other=0.0))
         r = _step(w, s, g, p, tc, pet, lai, smax, beta, fm, alpha, lp, ci, fg, kg, T_S, TAU, EPS)
         snow_frac, t_pos, c_melt, c_e1, c_e2, c_over = r[5], r[6], r[7], r[9], r[10], r[11]
         ratio, c_inside, wet, log_wet, powed, inflow, c_r = r[12], r[13], r[14], r[15], r[16], r[17], r[18]
@@ -272,10 +285,8 @@ def _backward_kernel(f_ptr, p_ptr, o_ptr, go_ptr, gf_ptr, gp_ptr, T, B,
         d_p = a_prain + a_psnow * snow_frac
         # sigmoid' = s (1 - s) with 1 - s evaluated as sigmoid(-z): exact where the snow fraction rounds to 1
         d_tc -= a_psnow * p * snow_frac * tl.sigmoid((tc - T_S) / TAU) / TAU
-        # day 0: S starts at smax / 2
-        d_smax += tl.where(first, 0.5 * a_s0, 0.0)
-        a_w = a_w0
-        a_s = tl.where(first, 0.0, a_s0)
+        a_w = a_w0  # after day 0 these are the adjoints of state0, which are dropped (no gradient)
+        a_s = a_s0
         a_g = a_gin
         gpt = gpb + t64 * sgp_t
         tl.store(gpt, d_smax, mask=mask)
@@ -302,28 +313,32 @@ def warps_for(block: int) -> int:
     return max(1, block // 32)
 
 
-def launch_forward(forcing: Tensor, params: Tensor, out: Tensor, block: int = BLOCK_B,
+def launch_forward(forcing: Tensor, params: Tensor, state0: Tensor, out: Tensor, block: int = BLOCK_B,
                    stages: int = NUM_STAGES) -> None:
-    """Fill ``out`` [5, T, B] from forcing [4, T, B] and params [8, T, B] (float32 views of any strides).
-    ``block``: basins per program (a power of 2); ``stages``: pipeline depth of the time loop (1: none)."""
+    """Fill ``out`` [5, T, B] from forcing [4, T, B], params [8, T, B] and the initial storages state0 [3, B]
+    (W, S, G in mm; float32 views of any strides). ``block``: basins per program (a power of 2); ``stages``:
+    pipeline depth of the time loop (1: none)."""
     _, t, b = forcing.shape
     grid = (triton.cdiv(b, block),)
-    _forward_kernel[grid](forcing, params, out, t, b, *forcing.stride(), *params.stride(), *out.stride(),
+    _forward_kernel[grid](forcing, params, state0, out, t, b, *forcing.stride(), *params.stride(),
+                          *state0.stride(), *out.stride(),
                           T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, BLOCK=block, STAGES=stages,
                           num_warps=warps_for(block), enable_fp_fusion=False)
 
 
-def launch_backward(forcing: Tensor, params: Tensor, out: Tensor, grad_out: Tensor,
+def launch_backward(forcing: Tensor, params: Tensor, state0: Tensor, out: Tensor, grad_out: Tensor,
                     grad_forcing: Tensor | None, grad_params: Tensor, block: int = BLOCK_B,
                     stages: int = NUM_STAGES) -> None:
-    """Fill ``grad_params`` [8, T, B] (and ``grad_forcing`` [4, T, B] unless None) by the reverse sweep;
-    ``block`` and ``stages`` as in :func:`launch_forward`."""
+    """Fill ``grad_params`` [8, T, B] (and ``grad_forcing`` [4, T, B] unless None) by the reverse sweep from
+    the forward's state0 [3, B] and outputs ``out`` [5, T, B]; no gradient for state0. ``block`` and
+    ``stages`` as in :func:`launch_forward`."""
     _, t, b = forcing.shape
     need_forcing = grad_forcing is not None
     gf = grad_forcing if need_forcing else grad_params  # dummy pointer, never written
     grid = (triton.cdiv(b, block),)
-    _backward_kernel[grid](forcing, params, out, grad_out, gf, grad_params, t, b,
-                           *forcing.stride(), *params.stride(), *out.stride(), *grad_out.stride(),
+    _backward_kernel[grid](forcing, params, state0, out, grad_out, gf, grad_params, t, b,
+                           *forcing.stride(), *params.stride(), *state0.stride(), *out.stride(),
+                           *grad_out.stride(),
                            *gf.stride(), *grad_params.stride(),
                            T_S=T_SNOW, TAU=TAU_SNOW, EPS=WETNESS_EPS, NEED_FORCING=need_forcing, BLOCK=block,
                            STAGES=stages, num_warps=warps_for(block), enable_fp_fusion=False)

@@ -3,8 +3,10 @@ the tests (CPU, Triton interpreter) and ``benchmarks/bench_physics.py`` (full si
 share these functions, so both hold an implementation to the same measure.
 
 Values: the five outputs (q, et, w, s, g) [B, T]. Gradients: of the inputs forcing [B, T, 4] and params
-[B, T, 8] under random cotangents on all five outputs. Error: :func:`rel_error`, per channel against the
-channel's own scale. Targets for float32 against float64: VALUE_RTOL on values, GRAD_RTOL on gradients.
+[B, T, 8] under random cotangents on all five outputs. Initial storages ``state0`` [3, B] (float64, optional;
+None = the legacy cold start) are an input without gradient: the run under test gets their float32 copy.
+Error: :func:`rel_error`, per channel against the channel's own scale. Targets for float32 against float64:
+VALUE_RTOL on values, GRAD_RTOL on gradients.
 """
 
 from __future__ import annotations
@@ -42,24 +44,26 @@ def draw_cotangents(forcing: Tensor, generator: torch.Generator) -> list[Tensor]
             for _ in range(5)]
 
 
-def reference(forcing: Tensor, params: Tensor, cotangents: list[Tensor]) -> Reference:
-    """Float64 eager values and input gradients (``forcing``, ``params`` float64)."""
+def reference(forcing: Tensor, params: Tensor, cotangents: list[Tensor], state0: Tensor | None = None
+              ) -> Reference:
+    """Float64 eager values and input gradients (``forcing``, ``params``, ``state0`` float64)."""
     f64, p64 = forcing.clone().requires_grad_(), params.clone().requires_grad_()
-    out = run_buckets(f64, p64)
+    out = run_buckets(f64, p64, state0)
     grads = torch.autograd.grad(list(out), [f64, p64], cotangents)
     return [o.detach() for o in out], grads
 
 
-def errors_against(run: Callable[[Tensor, Tensor], BucketOutputs], forcing: Tensor, params: Tensor,
+def errors_against(run: Callable[..., BucketOutputs], forcing: Tensor, params: Tensor,
                    cotangents: list[Tensor], ref: Reference,
-                   before_run: Callable[[], None] | None = None) -> dict[str, float]:
+                   before_run: Callable[[], None] | None = None, state0: Tensor | None = None) -> dict[str, float]:
     """Relative errors of ``run`` on float32 copies of the float64 inputs against ``ref`` (values,
-    grad_forcing, grad_params) and the count of non-finite outputs and gradients. ``before_run`` is called
-    just before ``run`` (the benchmark poisons CUDA's allocator there)."""
+    grad_forcing, grad_params) and the count of non-finite outputs and gradients. ``run(forcing, params)``,
+    or ``run(forcing, params, state0)`` when ``state0`` is given (``ref`` must be made with the same state0).
+    ``before_run`` is called just before ``run`` (the benchmark poisons CUDA's allocator there)."""
     f32, p32 = forcing.float().requires_grad_(), params.float().requires_grad_()
     if before_run is not None:
         before_run()
-    out = run(f32, p32)
+    out = run(f32, p32) if state0 is None else run(f32, p32, state0.float())
     gf, gp = torch.autograd.grad(list(out), [f32, p32], [c.float() for c in cotangents])
     assert all(o.dtype == torch.float32 and o.shape == forcing.shape[:2] for o in out)
     ref_values, (ref_gf, ref_gp) = ref
@@ -68,11 +72,12 @@ def errors_against(run: Callable[[Tensor, Tensor], BucketOutputs], forcing: Tens
             "grad_forcing": rel_error(gf, ref_gf), "grad_params": rel_error(gp, ref_gp), "non_finite": non_finite}
 
 
-def compare(run: Callable[[Tensor, Tensor], BucketOutputs], forcing: Tensor, params: Tensor,
-            generator: torch.Generator) -> dict[str, float]:
+def compare(run: Callable[..., BucketOutputs], forcing: Tensor, params: Tensor, generator: torch.Generator,
+            state0: Tensor | None = None) -> dict[str, float]:
     """:func:`errors_against` a fresh float64 reference, cotangents drawn from ``generator``."""
     cotangents = draw_cotangents(forcing, generator)
-    return errors_against(run, forcing, params, cotangents, reference(forcing, params, cotangents))
+    return errors_against(run, forcing, params, cotangents, reference(forcing, params, cotangents, state0),
+                          state0=state0)
 
 
 def within_targets(err: dict[str, float]) -> bool:
