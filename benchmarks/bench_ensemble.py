@@ -31,9 +31,10 @@ TINY = ["--physics", "eager", "--set", "batches_per_epoch=1", "--set", "seq_len=
 
 
 def env() -> dict[str, str]:
+    """The children's environment: no RAY_ADDRESS, so `rootzone ensemble` starts its own local Ray instance,
+    which listens on 127.0.0.1 only, with token authentication (the token in ~/.ray/auth_token, mode 0600)."""
     e = child_env({k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
-    e.update(OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0",
-             RAY_AUTH_MODE=e.get("RAY_AUTH_MODE", "disabled"))
+    e.update(OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
     return e
 
 

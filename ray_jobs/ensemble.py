@@ -1,6 +1,6 @@
 """Entrypoint for ``ray job submit``: the ``rootzone ensemble`` verb, run as the job's driver.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python ray_jobs/ensemble.py --config cfg.toml --store s3://bucket/store.zarr --out s3://bucket/exp1
 
 Arguments are those of ``rootzone ensemble`` (``--help`` lists them). Inside a job ``ray.init()`` joins the
@@ -17,7 +17,10 @@ try:
 except ModuleNotFoundError:  # `python ray_jobs/ensemble.py` puts ray_jobs/ (not the repo) on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rootzone.cli import main  # noqa: E402
+from rootzone.cli import entry  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["ensemble", *sys.argv[1:]]))
+    # `rootzone ensemble ARGS` with the CLI's own handling: bad input gives one line and exit status 2
+    # (never a traceback), an interrupt exits 130 without pages of asyncio warnings
+    sys.argv[1:1] = ["ensemble"]
+    entry()

@@ -14,6 +14,7 @@ checkpoints itself (small next to a chunk's work); failed tasks are retried by R
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,8 +68,9 @@ def run_distributed(job: rp.PredictionJob, num_cpus: float = 1, num_gpus: float 
             "chunks_skipped": len(done), "invalid_basins": invalid}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="rootzone predict with one Ray task per chunk of basins")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ray_jobs/predict.py",
+                                description="rootzone predict with one Ray task per chunk of basins")
     p.add_argument("--experiment", required=True, help="experiment folder (path or URL)")
     p.add_argument("--store", help="store to predict (default: the experiment's store)")
     p.add_argument("--out", required=True, help="output Zarr store (path or URL every worker can reach)")
@@ -82,18 +84,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-retries", type=int, default=3, help="Ray retries of a failed task (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming it")
     p.add_argument("--address", default=None, help="Ray address (default: the cluster of `ray job submit`)")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """The job: check everything, lock OUT (held until the store is finalised), then run the chunks on Ray."""
+    # the device is the workers': check the names here, not that the driver has a GPU
+    rp.check_options(args.device, args.physics, device_here=False)
     store = args.store or rp.experiment_store(args.experiment)
     variables = [v.strip() for v in args.variables.split(",")] if args.variables else None
-    job = rp.prepare(args.experiment, store, args.out, members=args.members, chunk_basins=args.chunk_basins,
-                     variables=variables, overwrite=args.overwrite, device=args.device, physics=args.physics)
-    if not ray.is_initialized():
-        ray.init(address=args.address)
-    summary = run_distributed(job, args.num_cpus, args.num_gpus, args.max_retries, progress=True)
+    with rp.prediction(args.experiment, store, args.out, members=args.members, chunk_basins=args.chunk_basins,
+                       variables=variables, overwrite=args.overwrite, device=args.device, physics=args.physics,
+                       device_here=False) as job:
+        if not ray.is_initialized():
+            from rootzone.ensemble_ray import connect
+
+            connect(args.address)  # a new local instance binds to 127.0.0.1 with a private token
+        summary = run_distributed(job, args.num_cpus, args.num_gpus, args.max_retries, progress=True)
     print(f"wrote {args.out}: {len(job.members)} members, {job.n_basins} basins, {summary['chunks_run']} chunks "
           f"run, {summary['chunks_skipped']} already done, {len(summary['invalid_basins'])} basins skipped")
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job; like ``rootzone``'s own verbs, user errors (bad input, a full or read-only disk) give one
+    line on stderr and exit status 2, never a traceback."""
+    args = _parser().parse_args(argv)
+    from rootzone.cli import guarded
+
+    return guarded(run_job, args)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:  # skip interpreter teardown, like `rootzone` (no pages of asyncio warnings)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)

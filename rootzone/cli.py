@@ -6,8 +6,9 @@ Every verb turns user errors (:class:`RootzoneError`) into one line on stderr an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rootzone.config import Config, parse_override
@@ -61,19 +62,63 @@ def _optional_command_modules() -> list:
     return modules
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` as one line that names the path."""
+    what = exc.strerror or type(exc).__name__
+    where = exc.filename if exc.filename is not None else ""
+    return _one_line(f"{what}: {where}" if where else f"{what}: {exc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``rootzone ARGV``; user errors give one line on stderr and exit status 2, never a traceback."""
+
+    def run() -> int | None:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+
+    return guarded(run)
+
+
+def guarded(func: Callable[..., int | None], *args: object) -> int:
+    """``func(*args)`` as an exit status: RootzoneError and OSError give one line on stderr and 2, an interrupt
+    130, anything else one line and 1 (``ROOTZONE_DEBUG=1`` re-raises it with its traceback, for bug reports).
+    Used by :func:`main` and the ``ray_jobs/`` entry points."""
     try:
-        result = args.func(args)
+        return int(func(*args) or 0)
     except RootzoneError as exc:
-        print(f"rootzone: error: {exc}", file=sys.stderr)
+        print(f"rootzone: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # read-only or full disk, a file where a directory is expected, ...
+        print(f"rootzone: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rootzone: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
+    except Exception as exc:
+        if os.environ.get("ROOTZONE_DEBUG"):
+            raise
+        print(f"rootzone: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set ROOTZONE_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    """Console entry point: :func:`main`, then exit without interpreter teardown after an interrupt
+    (Zarr's background event loop would otherwise print pages of "Task was destroyed" warnings)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first is being handled
+        code = 130
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -117,21 +117,31 @@ class Config:
             need(t in TARGETS, "targets", f"unknown target {t!r}; known: {TARGETS}")
         for t, w in self.target_weights.items():
             need(t in TARGETS, "target_weights", f"unknown target {t!r}; known: {TARGETS}")
-            need(w >= 0 and math.isfinite(w), "target_weights", f"weight of {t!r} must be >= 0")
-        self.param_ranges = {k: tuple(float(x) for x in v) for k, v in self.param_ranges.items()}
+            need(_is_number(w) and w >= 0 and math.isfinite(w), "target_weights",
+                 f"weight of {t!r} must be a number >= 0")
+        for name in ("lr", "dropout", "forget_bias", "weight_decay", "grad_clip"):
+            need(math.isfinite(getattr(self, name)), name, "must be a finite number")
+        # partial ranges (TOML, --set, Config(...), a tune result) are merged into the defaults first
+        ranges: dict[str, tuple[float, float]] = dict(DEFAULT_PARAM_RANGES)
         for name, rng in self.param_ranges.items():
-            need(name in DEFAULT_PARAM_RANGES, "param_ranges", f"unknown parameter {name!r}")
-            need(len(rng) == 2 and rng[0] < rng[1], "param_ranges", f"range of {name!r} must be [low, high]")
+            need(name in DEFAULT_PARAM_RANGES, "param_ranges",
+                 f"unknown parameter {name!r} (known: {', '.join(DEFAULT_PARAM_RANGES)})")
+            need(_is_range(rng), "param_ranges", f"range of {name!r} must be [low, high] with finite low < high")
+            ranges[name] = (float(rng[0]), float(rng[1]))
+        self.param_ranges = ranges
         need(self.param_ranges["smax"][0] > 0, "param_ranges", "smax must stay > 0")
         for name in self.log_params:
             need(name in DEFAULT_PARAM_RANGES, "log_params", f"unknown parameter {name!r}")
-            need(self.param_ranges.get(name, DEFAULT_PARAM_RANGES[name])[0] > 0, "log_params",
+            need(self.param_ranges[name][0] > 0, "log_params",
                  f"{name!r} needs a positive lower bound to be squashed in log space")
         need(self.param_ranges["lp"][0] > 0, "param_ranges", "lp must stay > 0")
         need(self.param_ranges["fg"][1] <= 1 and self.param_ranges["kg"][1] <= 1, "param_ranges",
              "fg and kg must stay within [0, 1]")
-        for name in DEFAULT_PARAM_RANGES:
-            self.param_ranges.setdefault(name, DEFAULT_PARAM_RANGES[name])
+
+    def differences(self, other: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """Fields (not in ``ignore``) whose values differ: name -> (this value, the other's value)."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -175,7 +185,10 @@ class Config:
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml())
+        """Write :meth:`to_toml` to ``path`` atomically (a temporary file, then a rename)."""
+        from rootzone.safety import atomic_write_text
+
+        atomic_write_text(str(path), self.to_toml())
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -198,6 +211,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return key, value
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_range(rng: Any) -> bool:
+    """``[low, high]``: two finite numbers, low < high."""
+    return (isinstance(rng, (list, tuple)) and len(rng) == 2 and all(_is_number(x) for x in rng)
+            and all(math.isfinite(x) for x in rng) and rng[0] < rng[1])
 
 
 def _check_types(cfg: Config) -> None:

@@ -24,6 +24,7 @@ from rootzone.data.loader import Normaliser
 from rootzone.ensemble_store import ExperimentDir, trial_name
 from rootzone.loss import anomalies, monthly_mean
 from rootzone.metrics import METRICS, basin_metrics, median_metrics
+from rootzone.predict import load_checkpoint_bytes
 
 COLUMNS = ["fold", "seed", "basin", "split", "target", *METRICS]
 TRIAL_RE = re.compile(r"^fold(\d+)_seed(\d+)$")
@@ -61,8 +62,9 @@ def ensemble_mean_scores(exp: ExperimentDir, store: str, members: dict[tuple[int
     for fold in sorted({f for f, _ in members}):
         built = []
         for seed in sorted(s for f, s in members if f == fold):
-            with exp.fs.open_input_stream(exp.join("trials", trial_name(fold, seed), "best.pt")) as fh:
-                best = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
+            path = exp.join("trials", trial_name(fold, seed), "best.pt")
+            with exp.fs.open_input_stream(path) as fh:
+                best = load_checkpoint_bytes(fh.read(), path)  # weights_only=True: a hostile file runs no code
             values = {**best["config"], "store": store, "device": device, "progress": False}
             if values.get("physics") == "fused" and device != "cuda":
                 values["physics"] = "auto"

@@ -3,8 +3,13 @@ trainable with its resources, and a Tuner that is new or restored."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import secrets
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,19 +19,101 @@ from rootzone.ensemble_store import ExperimentDir
 from rootzone.ensemble_trial import FAULT_ENV, trainable
 from rootzone.errors import RootzoneError
 
+# Ray's single-machine switch (default off on macOS and Windows): with it off, the node IP of a new local
+# instance stays 127.0.0.1, and Ray then binds every server (GCS, raylet, workers, agents) to loopback only.
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 def connect(address: str | None) -> None:
     """``ray.init`` for ``address`` (None: the job's cluster inside ``ray job submit``, else a new local
-    cluster; 'auto': an existing cluster on this machine; 'host:port' or 'ray://host:port')."""
+    cluster; 'auto': an existing cluster on this machine; 'host:port' or 'ray://host:port').
+
+    A new local cluster listens on 127.0.0.1 only and, with Ray >= 2.52, uses token authentication with the
+    token in a file only this user can read (see :func:`local_cluster_settings`)."""
     if ray.is_initialized():
         return
     if address and address not in ("auto", "local"):
         _probe(address)
+    local = starts_local_cluster(address)
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        with local_cluster_settings() if local else contextlib.nullcontext():
+            ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RootzoneError(f"cannot connect to a Ray cluster at --address {address!r}: {first}") from None
+
+
+def starts_local_cluster(address: str | None) -> bool:
+    """True when ``ray.init(address)`` will start a new Ray instance on this machine instead of joining one
+    (None with no RAY_ADDRESS and no running cluster recorded on this machine, or 'local')."""
+    if address == "local":
+        return True
+    if address is not None:
+        return False
+    try:  # how ray.init itself decides (RAY_ADDRESS, then the latest cluster started on this machine)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None) is None
+    except Exception:  # noqa: BLE001  (Ray moved it: keep Ray's own behaviour rather than guess)
+        return False
+
+
+@contextlib.contextmanager
+def local_cluster_settings() -> Iterator[None]:
+    """Settings for starting a new local Ray instance, undone afterwards.
+
+    - Loopback only. Ray binds its servers to 127.0.0.1 when the node IP is 127.0.0.1, but
+      ``ray.init(_node_ip_address="127.0.0.1")`` and ``ray start --node-ip-address 127.0.0.1`` swap 127.0.0.1 for
+      the machine's address; only Ray's single-machine mode keeps it. It is switched on for the start only
+      (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` for the processes Ray spawns, and Ray's already-imported
+      constant), so a later connection of this process to a real cluster is unaffected.
+    - The token. Ray (>= 2.59) turns token authentication on for a new local instance unless RAY_AUTH_MODE
+      says otherwise and writes ``~/.ray/auth_token`` if there is none, readable by everyone under the usual
+      umask 022. When no token is configured, :func:`ensure_private_token` creates that file first, mode 0600.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # Ray moved it; tests/test_security_configs.py then reports what listens where
+        ray_constants = None
+    saved_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    saved_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    with contextlib.suppress(OSError):  # an unwritable home: Ray reports the token problem itself
+        ensure_private_token()
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    if saved_flag is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
+        if saved_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+
+
+def ensure_private_token() -> Path | None:
+    """Create ``~/.ray/auth_token`` (mode 0600, in a 0700 folder when it is new) when this Ray has token
+    authentication, RAY_AUTH_MODE is unset or 'token', and no token is configured (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or an existing file). Returns the file created, or None."""
+    if importlib.util.find_spec("ray._private.authentication") is None:  # Ray < 2.52: no token authentication
+        return None
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists():
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote it meanwhile
+        return None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes: 256 random bits
+    return path
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:

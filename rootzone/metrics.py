@@ -16,7 +16,12 @@ def basin_metrics(sim: np.ndarray, obs: np.ndarray, anomaly: bool = False) -> di
     ok = np.isfinite(obs) & np.isfinite(sim)
     if ok.sum() < 2:
         return {m: float("nan") for m in METRICS}
-    s, o = sim[ok].astype(np.float64), obs[ok].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # degenerate cases give NaN/inf quietly
+        return _scores(sim[ok], obs[ok], anomaly)
+
+
+def _scores(sim: np.ndarray, obs: np.ndarray, anomaly: bool) -> dict[str, float]:
+    s, o = sim.astype(np.float64), obs.astype(np.float64)
     err = s - o
     var_o = np.var(o)
     nse = 1 - np.mean(err**2) / var_o if var_o > 0 else float("nan")

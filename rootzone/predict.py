@@ -22,24 +22,35 @@ Basins are processed chunk by chunk (``chunk_basins``), each chunk written into 
 up front. Peak memory does not grow with the number of basins or members: it is dominated by the LSTM over one
 chunk, about chunk_basins × days × 4·hidden_size × 4 bytes (the input gates of the whole record; 1.4 GB for
 64 basins × 30 years × hidden 128), so lower ``--chunk-basins`` for long records. After each chunk the
-group attribute ``chunks_done`` is updated; a rerun with the same arguments skips those chunks. The store is
+group attribute ``chunks_done`` is updated; a rerun with the same arguments (and the same member checkpoints:
+the job fingerprint holds the sha256 of every ``best.pt``) skips those chunks. The store is
 marked ``prediction_complete = true`` (and its metadata consolidated) only when every chunk is done. A chunk is
 marked only after its data is written, and the attribute update replaces the group's ``zarr.json`` whole (Zarr's
 LocalStore writes to a temporary file and renames it, since zarr 3.1.3; object-store PUTs are atomic), so a kill
 at any moment leaves either the old or the new list, never a torn file.
+
+Safety: checkpoints are loaded with ``torch.load(weights_only=True)`` (a hostile ``best.pt`` cannot run code);
+OUT is locked (``OUT.lock`` beside it) for the whole run, so a second prediction into it is refused;
+``--overwrite`` replaces only a prediction store (a Zarr group whose attributes carry ``prediction_job``), never
+``/``, the home or current directory, a file, a symlink, the input store or anything in the experiment folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import math
+import os
+import pickle
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import dask.array as da
 import fsspec
@@ -49,13 +60,24 @@ import torch
 import xarray as xr
 import zarr
 
-from rootzone.config import Config
+from rootzone.config import DEVICE_CHOICES, PHYSICS_CHOICES, Config
 from rootzone.data.loader import Normaliser
 from rootzone.data.schema import forcing_names, open_store
 from rootzone.errors import RootzoneError
 from rootzone.model import HybridModel
 from rootzone.physics import dispatch
 from rootzone.progress import progress_bar
+from rootzone.safety import (
+    PREDICTION_STORE_KEY,
+    absolute_url,
+    check_output_path,
+    ensure_replaceable,
+    fs_and_path,
+    is_local,
+    locked,
+    owner_attributes,
+    remove_owned_store,
+)
 
 # name -> (CF units, long_name)
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -71,7 +93,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
 PHYSICS_INPUTS = ("precipitation", "temperature", "pet")  # + lai (0 when the store has none)
 COMPLETE_KEY = "prediction_complete"
 DONE_KEY = "chunks_done"
-JOB_KEY = "prediction_job"
+JOB_KEY = PREDICTION_STORE_KEY  # "prediction_job": the attribute that marks a store as rootzone's prediction
+CHECKPOINT_KEYS = ("model", "normaliser", "config")
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,7 @@ class Member:
     seed: int
     checkpoint: str
     best_validation_loss: float
+    sha256: str = ""  # of the checkpoint's bytes, set by prepare(); load_member() refuses a changed file
 
 
 @dataclass
@@ -167,10 +191,37 @@ def find_members(experiment: str, which: str = "best") -> list[Member]:
     return [by_name[n] for n in names]
 
 
+def load_checkpoint_bytes(raw: bytes, where: str, map_location: str | torch.device = "cpu") -> dict:
+    """A rootzone checkpoint from its bytes, unpickled with ``weights_only=True``: tensors and plain data only,
+    so a hostile file cannot run code. Damaged or hostile files give a one-line :class:`RootzoneError`."""
+    try:
+        saved = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise RootzoneError(f"checkpoint '{where}' holds objects other than tensors and plain data (possibly "
+                            "code); refusing to load it (rootzone loads checkpoints with weights_only=True)") from None
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RootzoneError(f"checkpoint '{where}' cannot be read ({type(exc).__name__}: {first}); it may be "
+                            "truncated or damaged") from None
+    if not isinstance(saved, dict) or not all(k in saved for k in CHECKPOINT_KEYS):
+        raise RootzoneError(f"checkpoint '{where}' is not a rootzone best.pt (needs {', '.join(CHECKPOINT_KEYS)})")
+    return saved
+
+
+def read_checkpoint(url: str, map_location: str | torch.device = "cpu") -> tuple[dict, str]:
+    """The checkpoint at ``url`` (see :func:`load_checkpoint_bytes`) and the sha256 of its bytes."""
+    with fsspec.open(url, "rb") as f:
+        raw = f.read()
+    return load_checkpoint_bytes(raw, url, map_location), hashlib.sha256(raw).hexdigest()
+
+
 def load_member(member: Member, device: torch.device, physics: str = "auto") -> LoadedMember:
-    """Model (eval mode, on ``device``), config and saved normaliser of one member."""
-    with fsspec.open(member.checkpoint, "rb") as f:
-        saved = torch.load(io.BytesIO(f.read()), map_location=device, weights_only=False)
+    """Model (eval mode, on ``device``), config and saved normaliser of one member. When ``member.sha256`` is
+    set (by :func:`prepare`), a checkpoint whose bytes changed since is refused: one store never mixes models."""
+    saved, digest = read_checkpoint(member.checkpoint, device)
+    if member.sha256 and digest != member.sha256:
+        raise RootzoneError(f"checkpoint '{member.checkpoint}' changed since this prediction was prepared "
+                            f"(member {member.name} retrained?); rerun with --overwrite to predict again")
     cfg = Config.from_dict(saved["config"])
     norm = Normaliser.from_dict(saved["normaliser"])
     model = HybridModel(len(norm.dynamic_names), len(norm.static_names), cfg, dispatch.resolve(physics, device))
@@ -178,16 +229,16 @@ def load_member(member: Member, device: torch.device, physics: str = "auto") -> 
     return LoadedMember(member, cfg, norm, model.to(device).eval())
 
 
-def _normaliser(member: Member) -> tuple[Normaliser, Config]:
-    with fsspec.open(member.checkpoint, "rb") as f:
-        saved = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
-    return Normaliser.from_dict(saved["normaliser"]), Config.from_dict(saved["config"])
+def _normaliser(member: Member) -> tuple[Normaliser, Config, str]:
+    saved, digest = read_checkpoint(member.checkpoint, "cpu")
+    return Normaliser.from_dict(saved["normaliser"]), Config.from_dict(saved["config"]), digest
 
 
 # ---------------------------------------------------------------------------------------------- output
 def _fingerprint(job: PredictionJob, ds: xr.Dataset) -> dict:
     basins = hashlib.sha1("\n".join(map(str, ds["basin"].values)).encode()).hexdigest()[:16]
     return {"experiment": job.experiment, "store": job.store, "members": [m.name for m in job.members],
+            "checkpoints_sha256": {m.name: m.sha256 for m in job.members},
             "variables": job.variables, "chunk_basins": job.chunk_basins, "n_basins": job.n_basins,
             "n_days": int(ds.sizes["time"]), "basins_sha1": basins}
 
@@ -239,22 +290,126 @@ def _template(job: PredictionJob, ds: xr.Dataset, warmup: int) -> xr.Dataset:
         "members_rule": "see rootzone.predict: best = lowest best_validation_loss per fold"})
 
 
-def prepare(experiment: str, store: str, out: str, members: str = "best", chunk_basins: int = 64,
-            variables: Sequence[str] | None = None, overwrite: bool = False, device: str = "auto",
-            physics: str = "auto") -> PredictionJob:
-    """Select members, check the store against them and create (or reopen, to resume) the output store."""
+def check_options(device: str = "auto", physics: str = "auto", threads: int = 0, device_here: bool = True) -> None:
+    """Validate --device, --physics and --threads before anything is read or written. ``device_here=False``
+    (a Ray driver: the device is the workers') checks the names only, not that this machine has the device."""
+    if device not in DEVICE_CHOICES:
+        raise RootzoneError(f"--device: must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
+    if physics not in PHYSICS_CHOICES:
+        raise RootzoneError(f"--physics: must be one of {', '.join(PHYSICS_CHOICES)}, got {physics!r}")
+    if threads < 0:
+        raise RootzoneError(f"--threads: must be >= 0 (0 = torch's default), got {threads}")
+    if device_here:
+        dispatch.resolve(physics, _device(device))
+
+
+def _key(url: str) -> tuple[str, PurePosixPath]:
+    """(protocol, normalised absolute path) of a local path or URL, for overlap checks."""
+    fs, path = fs_and_path(url)
+    if is_local(fs):
+        return "file", PurePosixPath(Path(path).resolve().as_posix())
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, PurePosixPath("/" + path.strip("/"))
+
+
+def _absolute(url: str) -> str:
+    """``url`` made absolute when local, without resolving symlinks (remote URLs as given)."""
+    fs, path = fs_and_path(url)
+    return os.path.abspath(path) if is_local(fs) else str(url)
+
+
+def _within(a: tuple[str, PurePosixPath], b: tuple[str, PurePosixPath]) -> bool:
+    """``a`` is ``b`` or lies inside it."""
+    return a[0] == b[0] and (a[1] == b[1] or b[1] in a[1].parents)
+
+
+def check_out(out: str, store: str, experiment: str) -> None:
+    """Refuse an OUT that rootzone must never write or replace: ``/``, the home or current directory (or an
+    ancestor), a symlink, the input store (or anything inside or around it), the experiment folder or anything
+    inside it, and a path below a regular file."""
+    check_output_path(out, "output")
+    o, s, e = _key(out), _key(store), _key(experiment)
+    if o == s:
+        raise RootzoneError(f"output '{out}' is the input store; refusing to write predictions over it")
+    if _within(o, s) or _within(s, o):
+        raise RootzoneError(f"output '{out}' overlaps the input store '{store}'; choose a path outside it")
+    if _within(o, e):
+        raise RootzoneError(f"output '{out}' lies inside the experiment folder '{experiment}'; write predictions "
+                            "outside it")
+    if _within(e, o):
+        raise RootzoneError(f"output '{out}' contains the experiment folder '{experiment}'; choose another path")
+    fs, path = fs_and_path(out)
+    if is_local(fs):
+        for parent in Path(path).absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise RootzoneError(f"output '{out}': '{parent}' is a file, not a directory")
+                break
+
+
+def _mismatch(out: str, old: object, new: dict) -> str:
+    """The refusal for a rerun whose job fingerprint differs from the one OUT was started with."""
+    key = "checkpoints_sha256"
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict) else []
+    if differ == [key] and isinstance(old.get(key), dict):
+        changed = sorted(n for n in new[key] if old[key].get(n) != new[key][n])
+        return (f"output '{out}' was started with other checkpoints of members {changed} (retrained since?); "
+                "resuming would mix models in one store: pass --overwrite to predict again from scratch")
+    return (f"output '{out}' was written by a different prediction job (differs in: {', '.join(differ) or 'all'});"
+            " pass --overwrite to replace it, or the same --experiment/--store/--members/--chunk-basins/--variables")
+
+
+def _state(out: str, fingerprint: dict, overwrite: bool) -> str:
+    """What to do with OUT: 'create', 'replace' or 'resume'; raises when it may be neither resumed nor replaced.
+    Reads only (called before OUT is locked, so a refusal leaves nothing behind, and again under the lock)."""
+    fs, path = fs_and_path(out)
+    if not fs.exists(path):
+        return "create"
+    if fs.isdir(path) and not fs.ls(path, detail=False):
+        return "create"  # an empty folder: nothing to lose
+    if overwrite:
+        ensure_replaceable(out, JOB_KEY, "output")
+        return "replace"
+    if not fs.isdir(path):
+        raise RootzoneError(f"output '{out}' is a file, not a prediction store; choose another path")
+    attrs = owner_attributes(out)
+    if attrs is None or JOB_KEY not in attrs:
+        raise RootzoneError(f"output '{out}' exists and is not a prediction store; rootzone only resumes or "
+                            "replaces its own prediction stores (remove it yourself or choose another path)")
+    if attrs[JOB_KEY] != fingerprint:
+        raise RootzoneError(_mismatch(out, attrs[JOB_KEY], fingerprint))
+    return "resume"
+
+
+@dataclass
+class _Plan:
+    job: PredictionJob
+    ds: xr.Dataset
+    warmup: int
+    fingerprint: dict
+    overwrite: bool
+
+
+def _plan(experiment: str, store: str, out: str, members: str = "best", chunk_basins: int = 64,
+          variables: Sequence[str] | None = None, overwrite: bool = False, device: str = "auto",
+          physics: str = "auto", device_here: bool = True) -> _Plan:
+    """Every check of :func:`prepare` (reads only: a refusal writes nothing)."""
     if chunk_basins < 1:
         raise RootzoneError(f"--chunk-basins must be >= 1, got {chunk_basins}")
     variables = list(variables or VARIABLES)
     unknown = [v for v in variables if v not in VARIABLES]
     if unknown:
         raise RootzoneError(f"--variables: unknown {unknown} (known: {', '.join(VARIABLES)})")
+    check_options(device, physics, 0, device_here)
+    check_out(out, store, experiment)  # on OUT as given: absolute_url() would resolve a symlink away
+    experiment, store, out = absolute_url(experiment), absolute_url(store), _absolute(out)
     chosen = find_members(experiment, members)
     ds = open_store(store)
     have_forcing, have_att = forcing_names(ds), [str(a) for a in ds["attribute"].values]
     inputs, attributes, warmup = list(PHYSICS_INPUTS) + (["lai"] if "lai" in have_forcing else []), [], 0
-    for m in chosen:
-        norm, cfg = _normaliser(m)
+    for i, m in enumerate(chosen):
+        norm, cfg, digest = _normaliser(m)
+        chosen[i] = dataclasses.replace(m, sha256=digest)
         missing = [v for v in norm.dynamic_names if v not in have_forcing]
         missing += [a for a in norm.static_names if a not in have_att]
         if missing:
@@ -265,25 +420,49 @@ def prepare(experiment: str, store: str, out: str, members: str = "best", chunk_
     job = PredictionJob(experiment, store, out, chosen, variables, int(chunk_basins), ds.sizes["basin"],
                         device, physics, inputs, attributes)
     fingerprint = _fingerprint(job, ds)
-    fs, path = fsspec.core.url_to_fs(out)
-    if fs.exists(path) and not overwrite:
-        try:
-            old = zarr.open_group(out, mode="r", use_consolidated=False).attrs.asdict()
-        except Exception as exc:  # zarr raises several types for a folder that is not a group
-            raise RootzoneError(f"output '{out}' exists and is not a prediction store ({exc}); "
-                                "pass --overwrite") from None
-        if old.get(JOB_KEY) != fingerprint:
-            raise RootzoneError(f"output '{out}' was written by a different prediction job; pass --overwrite "
-                                "to replace it, or the same --experiment/--store/--members/--chunk-basins")
+    _state(out, fingerprint, overwrite)
+    return _Plan(job, ds, warmup, fingerprint, overwrite)
+
+
+def _lock(out: str) -> contextlib.AbstractContextManager:
+    return locked(out, "prediction store", sibling=True)
+
+
+def _materialise(plan: _Plan) -> PredictionJob:
+    """Under OUT's lock: check OUT again, then replace (--overwrite) or create the store, or reopen it."""
+    job = plan.job
+    state = _state(job.out, plan.fingerprint, plan.overwrite)
+    if state == "resume":
         return job
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    template = _template(job, ds, warmup)
-    template.attrs[JOB_KEY] = fingerprint
+    if state == "replace":
+        remove_owned_store(job.out, JOB_KEY, "output")
+    template = _template(job, plan.ds, plan.warmup)
+    template.attrs[JOB_KEY] = plan.fingerprint
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
-        template.to_zarr(out, mode="w", zarr_format=3, consolidated=False, compute=False)
+        template.to_zarr(job.out, mode="w", zarr_format=3, consolidated=False, compute=False)
     return job
+
+
+def prepare(experiment: str, store: str, out: str, members: str = "best", chunk_basins: int = 64,
+            variables: Sequence[str] | None = None, overwrite: bool = False, device: str = "auto",
+            physics: str = "auto", device_here: bool = True) -> PredictionJob:
+    """Select members, check the store against them and create (or reopen, to resume) the output store.
+
+    Every check runs before anything is written. OUT is locked only while it is created or checked: use
+    :func:`prediction` to keep it locked through the run. Paths in the job are absolute (local) URLs."""
+    plan = _plan(experiment, store, out, members, chunk_basins, variables, overwrite, device, physics, device_here)
+    with _lock(plan.job.out):
+        return _materialise(plan)
+
+
+@contextlib.contextmanager
+def prediction(experiment: str, store: str, out: str, **options) -> Iterator[PredictionJob]:
+    """:func:`prepare` with OUT locked until the block ends (``with prediction(...) as job: run(job)``), so a
+    second prediction into OUT is refused instead of deleting or recomputing this one's chunks."""
+    plan = _plan(experiment, store, out, **options)
+    with _lock(plan.job.out):
+        yield _materialise(plan)
 
 
 def chunks_done(job: PredictionJob) -> set[int]:
@@ -423,9 +602,10 @@ def report_invalid(result: ChunkResult) -> None:
 
 
 def predict(experiment: str, store: str, out: str, progress: bool = False, **options) -> dict:
-    """Python API: :func:`prepare` then :func:`run` (``options``: members, chunk_basins, variables, overwrite,
-    device, physics)."""
-    return run(prepare(experiment, store, out, **options), progress=progress)
+    """Python API: :func:`prepare` then :func:`run`, OUT locked throughout (``options``: members, chunk_basins,
+    variables, overwrite, device, physics)."""
+    with prediction(experiment, store, out, **options) as job:
+        return run(job, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -453,13 +633,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict_command(args: argparse.Namespace) -> None:
+    check_options(args.device, args.physics, args.threads)  # before anything is read or written
     if args.threads:
         torch.set_num_threads(args.threads)
     store = args.store or experiment_store(args.experiment)
     variables = [v.strip() for v in args.variables.split(",")] if args.variables else None
-    job = prepare(args.experiment, store, args.out, members=args.members, chunk_basins=args.chunk_basins,
-                  variables=variables, overwrite=args.overwrite, device=args.device, physics=args.physics)
-    summary = run(job, progress=not args.quiet)
+    with prediction(args.experiment, store, args.out, members=args.members, chunk_basins=args.chunk_basins,
+                    variables=variables, overwrite=args.overwrite, device=args.device,
+                    physics=args.physics) as job:
+        summary = run(job, progress=not args.quiet)
     print(f"wrote {args.out}: {len(job.members)} members ({', '.join(summary['members'])}), {job.n_basins} "
           f"basins, {summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done, "
           f"{len(summary['invalid_basins'])} basins skipped for invalid inputs")

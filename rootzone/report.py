@@ -16,6 +16,7 @@ S_max per basin from the predictions (time mean after spin-up of the ensemble me
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 from pathlib import Path
 
@@ -27,23 +28,30 @@ from rootzone import report_figures as rf
 from rootzone.data.schema import open_store
 from rootzone.errors import RootzoneError
 from rootzone.metrics import METRICS
+from rootzone.safety import atomic_write_text
 
 
 def make_report(experiment: str, out: str | Path, predictions: str | None = None,
                 basins: list[str] | None = None) -> dict:
-    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...]}."""
+    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...]}.
+
+    Every input is read and checked before ``out`` is created, so a refusal writes nothing."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise RootzoneError(f"report folder '{out}' is a file; choose a folder")
     record, trials = rd.read_experiment(experiment)
     table = rd.metrics_table(trials)
-    table.to_csv(out / "metrics_members.csv", index=False)
     pred = rd.open_predictions(predictions) if predictions else None
     unknown = [b for b in basins or [] if pred is not None and b not in set(map(str, pred["basin"].values))]
     if unknown:
         raise RootzoneError(f"--basins: {unknown} are not in the predictions")
+    store_url = pred.attrs["source_store"] if pred is not None else record.get("store")
+    store = open_store(store_url) if store_url else None
     summary = rd.summarise_predictions(pred, trials) if pred is not None else None
     per_basin = rd.basin_table(table, summary.ensemble_metrics if summary else None)
-    per_basin.to_csv(out / "metrics_basins.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(str(out / "metrics_members.csv"), rd.spreadsheet_safe(table).to_csv(index=False))
+    atomic_write_text(str(out / "metrics_basins.csv"), rd.spreadsheet_safe(per_basin).to_csv(index=False))
     figures: list[tuple[str, str]] = []
     skipped: list[str] = []
 
@@ -51,8 +59,6 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         figures.append((path.name, caption))
 
     add(rf.cv_skill(out / "cv_skill.png", table), "Test NSE per basin for each fold (box over basins and seeds).")
-    store_url = pred.attrs["source_store"] if pred is not None else record.get("store")
-    store = open_store(store_url) if store_url else None
     if summary is not None:
         ids, smax, spread = summary.basins, summary.smax, summary.smax_member_std
         source = "predictions: time mean after spin-up of the ensemble-mean S_max"
@@ -79,8 +85,10 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         skipped.append("S_max vs attributes, map, truth: experiment.json names no store")
     if summary is not None:
         chosen = basins or rd.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]
-        for b in chosen:
-            add(_hydrograph(out, pred, store, b), f"Basin {b}: observed vs ensemble Q, and S with S_max.")
+        used: set[str] = set()
+        for b in dict.fromkeys(chosen):
+            add(_hydrograph(out, pred, store, b, figure_stem("hydrograph", b, used)),
+                f"Basin {b}: observed vs ensemble Q, and S with S_max.")
         add(rf.seasonal_cycle(out / "seasonal_cycle.png", summary.seasonal),
             "Mean seasonal cycle over basins (median, 25-75 %): observed vs cross-validated ensemble "
             "(each day from the members that did not train on it); TWSA as anomalies.")
@@ -94,12 +102,26 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
     return {"figures": figures, "tables": tables, "skipped": skipped}
 
 
-def _hydrograph(out: Path, pred, store, basin: str) -> Path:
+def figure_stem(prefix: str, basin: str, used: set[str]) -> str:
+    """A file name stem for a figure of ``basin`` that is portable and unique within the report: ``prefix_id``
+    when the id is already a safe name (ASCII letters, digits, ``-``, ``_``), else the id made safe plus a short
+    hash of the id (so ``a/b`` and ``a_b`` never share a file). ``used`` holds the stems taken so far (compared
+    case-insensitively, for case-insensitive file systems) and is updated."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in basin)[:64]
+    stem = f"{prefix}_{safe}"
+    if safe != basin or stem.lower() in used:
+        digest = hashlib.sha256(basin.encode("utf-8", "surrogatepass")).hexdigest()
+        stem = next(f"{prefix}_{safe}_{digest[:n]}" for n in range(8, 65, 8)
+                    if f"{prefix}_{safe}_{digest[:n]}".lower() not in used)
+    used.add(stem.lower())
+    return stem
+
+
+def _hydrograph(out: Path, pred, store, basin: str, stem: str) -> Path:
     p = pred.sel(basin=basin)
     time = pd.DatetimeIndex(pred["time"].values)
     obs = store["q"].sel(basin=basin).values if "q" in store else np.full(len(time), np.nan)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in basin)
-    return rf.hydrograph(out / f"hydrograph_{safe}.png", basin, time, obs, p["q"].values, p["q_mean"].values,
+    return rf.hydrograph(out / f"{stem}.png", basin, time, obs, p["q"].values, p["q_mean"].values,
                          p["s_mean"].values, p["smax_mean"].values)
 
 
@@ -122,8 +144,8 @@ def _write_index(out: Path, experiment: str, predictions: str | None, table: pd.
                      "</figcaption></figure>")
     if skipped:
         parts.append("<h2>Not drawn</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul>")
-    (out / "index.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>rootzone report"
-                                    "</title></head><body>" + "\n".join(parts) + "</body></html>\n")
+    atomic_write_text(str(out / "index.html"), "<!doctype html><html><head><meta charset='utf-8'><title>rootzone "
+                      "report</title></head><body>" + "\n".join(parts) + "</body></html>\n")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

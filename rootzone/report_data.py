@@ -25,6 +25,7 @@ from rootzone.metrics import METRICS, basin_metrics
 
 DAILY = {"q": "q", "et": "et", "swe": "swe"}  # target -> prediction variable
 SEASONAL_TARGETS = ("q", "et", "swe", "twsa")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
 
 
 @dataclass
@@ -58,6 +59,17 @@ def metrics_table(trials: list[Trial]) -> pd.DataFrame:
                     rows.append({"fold": t.fold, "seed": t.seed, "member": t.name, "basin": basin,
                                  "split": split, "target": target, **{m: values[m] for m in METRICS}})
     return pd.DataFrame(rows)
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells (basin ids, ...) cannot be read as spreadsheet formulas: a cell that
+    starts with one of :data:`FORMULA_PREFIXES` gets a leading ``'`` (numeric columns are untouched)."""
+    out = table.copy()
+    for col in out.columns:
+        if not (pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col])):
+            continue
+        out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+    return out
 
 
 def basin_table(table: pd.DataFrame, ensemble: pd.DataFrame | None = None) -> pd.DataFrame:

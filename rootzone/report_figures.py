@@ -18,6 +18,13 @@ TITLES = {"q": "streamflow Q", "et": "evapotranspiration ET", "swe": "snow water
           "twsa": "TWS anomaly"}
 
 
+def _text(label: object) -> str:
+    """A basin id or attribute name as literal figure text: ``$`` escaped (no mathtext, whose parse errors
+    would abort the report) and a leading ``_`` kept visible (matplotlib hides legend labels starting so)."""
+    text = str(label).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -37,7 +44,7 @@ def hydrograph(path: Path, basin: str, time: pd.DatetimeIndex, obs_q: np.ndarray
     ax1.plot(t, mean_q[keep], color="tab:blue", lw=1, label="ensemble mean")
     ax1.plot(t, obs_q[keep], color="k", lw=0.7, label="observed")
     ax1.set_ylabel("Q (mm/d)")
-    ax1.set_title(f"basin {basin}")
+    ax1.set_title(f"basin {_text(basin)}")
     ax1.legend(loc="upper right", fontsize=8)
     ax2.plot(t, s[keep], color="tab:green", lw=1, label="S (ensemble mean)")
     ax2.plot(t, smax[keep], color="tab:brown", lw=1, label="S_max (ensemble mean)")
@@ -94,7 +101,7 @@ def smax_vs_attributes(path: Path, smax: np.ndarray, attributes: pd.DataFrame) -
         ax.scatter(x, smax, s=12, color="tab:brown")
         rho = pd.Series(x).rank().corr(pd.Series(smax).rank())  # Spearman without scipy
         ax.set_xscale("log" if c == "aridity" and (x > 0).all() else "linear")
-        ax.set_title(f"{c} (Spearman {rho:.2f})", fontsize=9)
+        ax.set_title(f"{_text(c)} (Spearman {rho:.2f})", fontsize=9)
         ax.set_ylabel("S_max (mm)")
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
@@ -110,7 +117,7 @@ def smax_seasonal(path: Path, relative: np.ndarray, basins: list[str], highlight
     ax.plot(x, np.nanmedian(relative, 0), color="tab:brown", lw=2, label="median")
     for b in highlight:
         if b in basins:
-            ax.plot(x, relative[basins.index(b)], lw=0.8, label=b)
+            ax.plot(x, relative[basins.index(b)], lw=0.8, label=_text(b))
     ax.axhline(1, color="grey", lw=0.5)
     ax.set_xticks(x, list(MONTHS))
     ax.set_ylabel("S_max / basin mean (-)")

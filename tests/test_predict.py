@@ -40,8 +40,9 @@ def cached_experiment(tmp_path_factory) -> Path:
 
 
 def cached_prediction(tmp_path_factory, exp: Path) -> Path:
-    """The reference prediction of EXP (through the CLI; chunks of 3 basins), cached on disk."""
-    out = exp / "pred.zarr"
+    """The reference prediction of EXP (through the CLI; chunks of 3 basins), cached on disk beside EXP
+    (predict refuses an OUT inside the experiment folder)."""
+    out = exp.parent / f"{exp.name}_pred.zarr"
     if not out.exists():
         code = main(["predict", "--experiment", str(exp), "--out", str(out), "--chunk-basins", "3",
                      "--physics", "eager", "--device", "cpu", "--quiet"])

@@ -18,8 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    from rootzone.ensemble_ray import local_cluster_settings
+
+    with local_cluster_settings():  # loopback only, like rootzone's own local instances
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
     try:
         yield
     finally:

@@ -74,3 +74,20 @@ def test_report_without_predictions_and_bad_basin(tmp_path_factory, tmp_path):
     assert np.isfinite(smax["member_nse"]).any()
     with pytest.raises(RootzoneError, match="not in the predictions"):
         make_report(str(exp), tmp_path / "r2", str(cached_prediction(tmp_path_factory, exp)), ["nowhere"])
+
+
+def test_figure_names_never_collide_and_csv_cells_are_not_formulas():
+    from rootzone.report import figure_stem
+    from rootzone.report_data import spreadsheet_safe
+
+    used: set[str] = set()
+    ids = ["demo_0002", "a/b", "a_b", "A_B", "a b", "x" * 300, "=cmd", "é"]
+    stems = [figure_stem("hydrograph", b, used) for b in ids]
+    assert stems[0] == "hydrograph_demo_0002" and stems[2] == "hydrograph_a_b"  # safe ids keep their name
+    assert len({s.lower() for s in stems}) == len(ids)  # distinct, even on a case-insensitive file system
+    assert all(len(s) < 100 and all(c.isascii() and (c.isalnum() or c in "-_") for c in s) for s in stems)
+    table = pd.DataFrame({"basin": ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "ok", "a=b"],
+                          "nse": [-1.0, 1, 2, 3, 4, 5, 6, 7]})
+    safe = spreadsheet_safe(table)
+    assert safe["basin"].tolist() == ["'=1+1", "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx", "ok", "a=b"]
+    assert safe["nse"].tolist() == table["nse"].tolist() and table["basin"][0] == "=1+1"  # numbers, input kept

@@ -30,10 +30,9 @@ from rootzone.data import products
 from rootzone.data.checks import (
     GapReport,
     InputDataError,
-    check_nonnegative,
-    check_temperature,
-    fill_gaps,
+    check_physical,
     parse_dates,
+    parse_day,
     unit_factor,
 )
 from rootzone.data.schema import BASIN_CHUNK, StoreWriter, VariableSpec, make_template, month_index
@@ -45,8 +44,7 @@ SWE_COLUMN, SWE_INPUT = "snow_depth_water_equivalent_mean", "era5_swe"
 STREAMFLOW_COLUMN = "streamflow"
 CANONICAL_UNITS = {"precipitation": "mm/d", "temperature": "degC", "pet": "mm/d", "q": "mm/d",
                    SWE_INPUT: "mm"}
-PET_SIGN_HINT = ("; most PET values are negative, i.e. the ECMWF sign convention (evaporation < 0) - "
-                 "Caravan publishes PET positive, flip the sign")
+Q_HINT = "; streamflow must be >= 0 (a missing-value code? leave the cell empty)"
 
 
 @dataclass
@@ -182,8 +180,10 @@ def plan(opts: CaravanBuild, progress: Callable[[int, int], None] | None = None)
     columns = {**FORCING_COLUMNS, "pet": pet, "q": STREAMFLOW_COLUMN}
     if opts.era5_swe and SWE_COLUMN in head:
         columns[SWE_INPUT] = SWE_COLUMN
-    lo = pd.Timestamp(opts.start) if opts.start else None
-    hi = pd.Timestamp(opts.end) if opts.end else None
+    lo = parse_day(opts.start, "--start")
+    hi = parse_day(opts.end, "--end")
+    if lo is not None and hi is not None and hi <= lo:
+        raise InputDataError(f"--end {hi:%Y-%m-%d} is not after --start {lo:%Y-%m-%d}")
     if lo is None or hi is None:
         for i, (g, path) in enumerate(files.items()):
             dates = read_timeseries(path, fmt, None, g).index
@@ -272,16 +272,8 @@ def load_basin(opts: CaravanBuild, layout: Layout, gauge: str) -> dict[str, np.n
     for name, col in layout.columns.items():
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
         values = values * unit_factor(units.get(col), CANONICAL_UNITS[name], where, col)
-        if name == "temperature":
-            check_temperature(values, time, where, col)
-        elif name == "q":
-            check_nonnegative(values, time, where, col, tolerance=0.0,
-                              hint="; streamflow must be >= 0 (a missing-value code? leave the cell empty)")
-        else:
-            hint = PET_SIGN_HINT if name == "pet" and np.nanmean(values < 0) > 0.5 else ""
-            opts.report.add("clipped", name, gauge, check_nonnegative(values, time, where, col, hint=hint))
-        if name != "q":
-            opts.report.add("filled", name, gauge, fill_gaps(values, time, opts.max_gap, where, col))
+        check_physical(name, values, time, where, label=col, max_gap=None if name == "q" else opts.max_gap,
+                       report=opts.report, gauge=gauge, hint=Q_HINT if name == "q" else "")
         out[name] = values.astype(np.float32)
     if layout.daily_products:
         out.update(products.read_daily(opts.extra_dir, gauge, time, layout.daily_products, opts.max_gap,
@@ -307,6 +299,8 @@ def build_caravan(opts: CaravanBuild, show_progress: bool = True) -> dict:
         raise InputDataError(f"--max-gap must be >= 0, got {opts.max_gap}")
     if opts.chunk_basins < 1:
         raise InputDataError(f"--chunk-basins must be >= 1, got {opts.chunk_basins}")
+    parse_day(opts.start, "--start")
+    parse_day(opts.end, "--end")
     with progress_bar(show_progress) as bar:
         scan = bar.add_task("scanning dates", total=None)
         layout = plan(opts, progress=lambda i, n: bar.update(scan, completed=i, total=n))

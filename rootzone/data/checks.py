@@ -16,6 +16,11 @@ from rootzone.errors import RootzoneError
 NEGATIVE_TOLERANCE = 0.1  # mm/d: precipitation, PET or ET down to -0.1 are rounding noise, set to 0
 KELVIN_MEDIAN = 150.0  # °C: a median daily mean temperature above this is Kelvin, not Celsius
 TEMPERATURE_RANGE = (-90.0, 60.0)  # °C: daily means outside it are impossible on Earth
+LAI_MAX = 15.0  # m²/m²: no canopy has more
+TWSA_MAX = 5000.0  # mm: |anomaly| beyond 5 m is a unit error
+NONNEGATIVE = ("precipitation", "pet", "lai", "et", "swe", "era5_swe")  # clipped down to -NEGATIVE_TOLERANCE
+PET_SIGN_HINT = ("; most PET values are negative, i.e. the ECMWF sign convention (evaporation < 0) - "
+                 "Caravan publishes PET positive, flip the sign")
 
 # accepted spellings of declared units -> (canonical unit, multiplier to canonical)
 UNIT_ALIASES: dict[str, dict[str, float]] = {
@@ -78,9 +83,30 @@ def parse_dates(raw: pd.Series | np.ndarray, where: str, fmt: str | None = "%Y-%
     return index
 
 
+def parse_day(text: str | None, option: str) -> pd.Timestamp | None:
+    """A ``YYYY-MM-DD`` command-line date (None stays None); anything else is refused naming ``option``."""
+    if text is None:
+        return None
+    try:
+        return pd.Timestamp(pd.to_datetime(str(text).strip(), format="%Y-%m-%d"))
+    except (ValueError, TypeError, OverflowError):
+        raise InputDataError(f"{option} {str(text)!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def check_no_inf(values: np.ndarray, time: pd.Index, where: str, variable: str) -> None:
+    """Refuse +inf/-inf (NaN is a gap or a missing observation, handled by the caller)."""
+    inf = np.isinf(values)
+    if inf.any():
+        i = int(np.flatnonzero(inf)[0])
+        raise InputDataError(f"{where}: infinite '{variable}' ({values[i]:+g}) on {_day(time[i])} "
+                             f"({int(inf.sum())} such values)")
+
+
 def fill_gaps(values: np.ndarray, time: pd.DatetimeIndex, max_gap: int, where: str, variable: str) -> int:
     """Fill NaN runs of at most ``max_gap`` days in place ([T] array): linear interpolation inside,
-    the nearest value at either end. Longer runs are refused. Returns the number of days filled."""
+    the nearest value at either end. Longer runs and infinite values are refused. Returns the number of
+    days filled."""
+    check_no_inf(values, time, where, variable)
     nan = np.isnan(values)
     if not nan.any():
         return 0
@@ -102,7 +128,9 @@ def fill_gaps(values: np.ndarray, time: pd.DatetimeIndex, max_gap: int, where: s
 
 def check_nonnegative(values: np.ndarray, time: pd.Index, where: str, variable: str,
                       tolerance: float = NEGATIVE_TOLERANCE, hint: str = "") -> int:
-    """Set values in [-tolerance, 0) to 0 in place; refuse anything more negative. Returns days clipped."""
+    """Set values in [-tolerance, 0) to 0 in place; refuse anything more negative, and +/-inf. Returns
+    days clipped."""
+    check_no_inf(values, time, where, variable)
     with np.errstate(invalid="ignore"):
         bad = values < -tolerance
         tiny = (values < 0) & ~bad
@@ -116,6 +144,7 @@ def check_nonnegative(values: np.ndarray, time: pd.Index, where: str, variable: 
 
 def check_temperature(values: np.ndarray, time: pd.Index, where: str, variable: str = "temperature") -> None:
     """Refuse temperatures that look like Kelvin or lie outside the possible range of daily means (°C)."""
+    check_no_inf(values, time, where, variable)
     if np.isfinite(values).any() and np.nanmedian(values) > KELVIN_MEDIAN:
         raise InputDataError(f"{where}: '{variable}' looks like Kelvin (median {np.nanmedian(values):.1f}); "
                              "degrees Celsius expected")
@@ -126,6 +155,46 @@ def check_temperature(values: np.ndarray, time: pd.Index, where: str, variable: 
         i = int(np.flatnonzero(bad)[0])
         raise InputDataError(f"{where}: impossible '{variable}' {values[i]:.4g} °C on {_day(time[i])} "
                              f"(daily means must lie in [{lo:g}, {hi:g}] °C)")
+
+
+def check_physical(name: str, values: np.ndarray, time: pd.Index, where: str, *, label: str | None = None,
+                   max_gap: int | None = None, report: GapReport | None = None, gauge: str = "",
+                   hint: str = "") -> None:
+    """The physical checks of one basin's series of the store variable ``name``, in place: the one set of
+    checks every importer applies (Caravan, its extra products, the legacy pickle).
+
+    - ±inf is refused everywhere (NaN is a gap in forcing, a missing observation in targets);
+    - temperature: not Kelvin, daily means inside TEMPERATURE_RANGE;
+    - q: never negative (``hint`` is appended to the message);
+    - precipitation, pet, lai, et, swe, era5_swe: values down to -NEGATIVE_TOLERANCE set to 0 (reported
+      as clipped), anything more negative refused (mostly negative PET gets the sign-convention hint);
+    - lai: at most LAI_MAX; twsa (monthly, mm): |anomaly| at most TWSA_MAX (``hint`` appended);
+    - with ``max_gap`` (a forcing): NaN runs up to ``max_gap`` days interpolated (reported), longer refused.
+
+    ``label`` is the variable's name in the input (e.g. a Caravan column) used in messages.
+    """
+    label = label or name
+    report = report if report is not None else GapReport()
+    check_no_inf(values, time, where, label)
+    if name == "temperature":
+        check_temperature(values, time, where, label)
+    elif name == "q":
+        check_nonnegative(values, time, where, label, tolerance=0.0, hint=hint)
+    elif name in NONNEGATIVE:
+        sign = PET_SIGN_HINT if name == "pet" and np.nanmean(values < 0) > 0.5 else ""
+        report.add("clipped", name, gauge, check_nonnegative(values, time, where, label, hint=sign))
+        if name == "lai" and np.nanmax(values, initial=0.0) > LAI_MAX:
+            i = int(np.nanargmax(values))
+            raise InputDataError(f"{where}: impossible '{label}' {values[i]:.4g} m2/m2 on {_day(time[i])} "
+                                 f"(leaf area index above {LAI_MAX:g})")
+    elif name == "twsa":
+        big = np.abs(np.nan_to_num(values)) > TWSA_MAX
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise InputDataError(f"{where}: implausible '{label}' {values[i]:.4g} mm in "
+                                 f"{pd.Timestamp(time[i]):%Y-%m} (|anomaly| > {TWSA_MAX:g} mm{hint})")
+    if max_gap is not None:
+        report.add("filled", name, gauge, fill_gaps(values, time, max_gap, where, label))
 
 
 def unit_factor(declared: str | None, canonical: str, where: str, variable: str) -> float:

@@ -25,16 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    from rootzone.data.checks import parse_day
     from rootzone.data.demo import build_demo
-    from rootzone.data.schema import store_exists, write_store
+    from rootzone.data.schema import check_output, write_store
 
     if args.basins < 1:
         raise RootzoneError(f"--basins must be >= 1, got {args.basins}")
     if args.years < 2:
         raise RootzoneError(f"--years must be >= 2, got {args.years}")
-    if store_exists(args.out) and not args.overwrite:
-        raise RootzoneError(f"output '{args.out}' already exists (pass --overwrite to replace it)")
-    ds = build_demo(basins=args.basins, years=args.years, seed=args.seed, start=args.start)
+    start = parse_day(args.start, "--start")
+    check_output(args.out, args.overwrite)  # before the build: refuse what may not be replaced
+    ds = build_demo(basins=args.basins, years=args.years, seed=args.seed, start=f"{start:%Y-%m-%d}")
     write_store(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['basin']} basins, {str(ds.time.values[0])[:10]} to "
           f"{str(ds.time.values[-1])[:10]}, targets q, et, swe, twsa (with true_* parameters)")
@@ -82,7 +83,10 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
                     "daily inputs and statics, y [B,T,3] Q/ET/SWE, z [B,M,K] monthly, TWSA first). The "
                     "splits are concatenated in time from --start and their bounds stored as "
                     "'legacy_splits'. "
-                    "SECURITY: unpickling runs code from the file; only import files you trust.",
+                    "SECURITY: a full unpickle runs code stored in the file, so by default the file is read "
+                    "by a restricted loader that builds only tensors, TensorDataset, numpy arrays and plain "
+                    "containers, and a file needing anything else is refused; --i-trust-this-file loads it "
+                    "fully.",
     )
     p.add_argument("file", metavar="FILE", help="the pickle (plain pickle or torch.save file)")
     p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
@@ -93,6 +97,10 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-gap", type=int, default=5, metavar="DAYS",
                    help="longest forcing gap filled by linear interpolation (default 5 days)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--i-trust-this-file", dest="trust", action="store_true",
+                   help="unpickle FILE fully (pickle.load / torch.load(weights_only=False)) when the safe "
+                        "loader refuses it: this RUNS ANY CODE stored in the file; only for files whose "
+                        "origin you trust")
     p.set_defaults(func=run_import_pickle)
 
     p = sub.add_parser("info", help="show a store's basins, period, variables, units and missing data",
@@ -107,10 +115,10 @@ def _csv_list(text: str | None) -> list[str] | None:
 
 
 def _refuse_existing(out: str, overwrite: bool) -> None:
-    from rootzone.data.schema import store_exists
+    """Refuse an output that exists (without --overwrite) or may not be replaced, before any work."""
+    from rootzone.data.schema import check_output
 
-    if store_exists(out) and not overwrite:
-        raise RootzoneError(f"output '{out}' already exists (pass --overwrite to replace it)")
+    check_output(out, overwrite)
 
 
 def run_caravan(args: argparse.Namespace) -> None:
@@ -144,7 +152,7 @@ def run_import_pickle(args: argparse.Namespace) -> None:
     _refuse_existing(args.out, args.overwrite)
     s = import_pickle(Path(args.file), args.out, Path(args.names), args.start,
                       basins_file=Path(args.basins) if args.basins else None, overwrite=args.overwrite,
-                      max_gap=args.max_gap)
+                      max_gap=args.max_gap, trust=args.trust)
     splits = "; ".join(f"{k} {a}..{b}" for k, (a, b) in s["splits"].items())
     print(f"wrote {args.out}: {s['basins']} basins, {s['start']:%Y-%m-%d} to {s['end']:%Y-%m-%d} ({splits}); "
           f"forcing {', '.join(s['forcing'])}; {len(s['attributes'])} attributes; "

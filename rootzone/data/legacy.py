@@ -15,21 +15,31 @@ constant along time in every basin and split become attributes, the rest extra d
 columns are kept as auxiliary monthly variables. Split bounds are stored in the ``legacy_splits``
 attribute of the store.
 
-Security: unpickling runs code from the file. Only import files you trust.
+Security: full unpickling runs code stored in the file, and cannot be made safe. So the file is read by a
+restricted loader that builds only tensors, ``TensorDataset``, numpy arrays and plain containers
+(``dict``, ``list``, ``tuple``, ...): :class:`SafeUnpickler` for plain pickles, ``torch.load(weights_only=True)``
+for ``torch.save`` files. A file that needs anything else is refused; ``--i-trust-this-file`` loads it
+fully (``pickle.load`` / ``torch.load(weights_only=False)``) after a warning on stderr.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import io
 import json
 import pickle
+import re
+import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from rootzone.data.checks import GapReport, InputDataError, check_nonnegative, check_temperature, fill_gaps
+from rootzone.data.checks import GapReport, InputDataError, check_physical, parse_day
 from rootzone.data.schema import FORCING_UNITS, TARGET_UNITS, make_dataset, month_index, write_store
 
 SPLIT_KEYS = {
@@ -48,20 +58,149 @@ ALIASES = {
 }
 
 
-def load_pickle(path: Path) -> object:
-    """Unpickle ``path`` (a ``torch.save`` zip file or a plain pickle); runs code from the file."""
+TRUST_FLAG = "--i-trust-this-file"
+
+# (module, name) -> (module to import, attribute): everything the restricted loader may build. Nothing
+# outside this table is imported or called, so a hostile file can at most make the import fail.
+_NUMPY_CORE = "numpy._core.multiarray" if importlib.util.find_spec("numpy._core") else "numpy.core.multiarray"
+SAFE_GLOBALS: dict[tuple[str, str], tuple[str, str]] = {
+    **{(m, n): ("builtins", n) for m in ("builtins", "__builtin__")  # __builtin__: protocols 0-2
+       for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str",
+                 "bytes", "bytearray", "object")},  # object: the base copyreg._reconstructor gets
+    ("collections", "OrderedDict"): ("collections", "OrderedDict"),
+    ("copyreg", "_reconstructor"): ("copyreg", "_reconstructor"),
+    ("copy_reg", "_reconstructor"): ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"): ("_codecs", "encode"),  # how protocol 2 pickles bytes
+    ("torch.utils.data.dataset", "TensorDataset"): ("torch.utils.data.dataset", "TensorDataset"),
+    ("torch.utils.data", "TensorDataset"): ("torch.utils.data.dataset", "TensorDataset"),
+    **{("torch._utils", n): ("torch._utils", n) for n in ("_rebuild_tensor", "_rebuild_tensor_v2",
+                                                           "_rebuild_tensor_v3", "_rebuild_parameter")},
+    ("torch.nn.parameter", "Parameter"): ("torch.nn.parameter", "Parameter"),
+    **{(m, n): (_NUMPY_CORE, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for n in ("_reconstruct", "scalar")},
+    **{(m, "_frombuffer"): (_NUMPY_CORE.replace("multiarray", "numeric"), "_frombuffer")  # protocol 5
+       for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): ("numpy", "ndarray"),
+    ("numpy", "dtype"): ("numpy", "dtype"),
+}
+# torch.float32, ... and torch.FloatStorage, ... are allowed too (checked by name and type in find_class)
+_TORCH_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8",
+                           "int16", "int32", "int64", "uint8", "bool", "long", "int", "short"})
+
+
+def _safe_load_from_bytes(data: bytes) -> Any:
+    """Stands in for ``torch.storage._load_from_bytes`` (how a plain pickle stores a tensor's storage),
+    which would fully unpickle the embedded bytes: here they go through ``weights_only`` too."""
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError(_weights_only_needs(exc)) from None
+
+
+class UnsafePickleError(InputDataError):
+    """The file needs something the restricted loader does not build (the message says what)."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """A plain-pickle reader that builds only tensors, TensorDataset, numpy arrays and plain containers:
+    ``find_class`` is the only way a pickle reaches code, and it answers only from :data:`SAFE_GLOBALS`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _safe_load_from_bytes
+        target = SAFE_GLOBALS.get((module, name))
+        if target is not None:
+            return getattr(importlib.import_module(target[0]), target[1])
+        if module == "torch" and (name.endswith("Storage") or name in _TORCH_DTYPES):
+            import torch
+
+            obj = getattr(torch, name, None)
+            if isinstance(obj, torch.dtype) or (isinstance(obj, type) and name.endswith("Storage")):
+                return obj
+        raise UnsafePickleError(f"'{module}.{name}'")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("a persistent id (a torch.save file of an old format?)")
+
+
+
+def _refuse_unsafe(path: Path, needs: str) -> InputDataError:
+    return InputDataError(
+        f"{path}: refused to unpickle: it needs {needs}, which the safe loader does not build (it builds "
+        f"only tensors, TensorDataset, numpy arrays and plain containers); a full unpickle runs any code "
+        f"stored in the file - pass {TRUST_FLAG} only if you trust where the file comes from")
+
+
+def _torch_safe_globals() -> list:
+    import numpy as np
+    from torch.utils.data import TensorDataset
+
+    extra = [TensorDataset, np.ndarray, np.dtype, importlib.import_module(_NUMPY_CORE)._reconstruct]
+    extra += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")]
+    return extra
+
+
+def _torch_load_safe(path: Path) -> object:
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError(_weights_only_needs(exc)) from None
+
+
+def _weights_only_needs(exc: pickle.UnpicklingError) -> str:
+    """What a ``torch.load(weights_only=True)`` refusal says the file needs (other errors: re-raised)."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" not in text:
+        raise exc
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    return f"'{m.group(1)}'" if m else "an object outside the allowed types"
+
+
+def load_pickle(path: Path, trust: bool = False) -> object:
+    """Read ``path`` (a ``torch.save`` zip file or a plain pickle).
+
+    By default only tensors, ``TensorDataset``, numpy arrays and plain containers are built (see the
+    module docstring); anything else is refused naming what the file needs. ``trust=True``
+    (``--i-trust-this-file``) unpickles fully, which runs code from the file, after a warning on stderr.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"pickle '{path}' does not exist")
+    if trust:
+        print(f"rootzone: warning: {TRUST_FLAG}: unpickling {path} fully; this runs any code stored in the "
+              "file", file=sys.stderr)
     try:
         if zipfile.is_zipfile(path):
             import torch
 
-            return torch.load(path, map_location="cpu", weights_only=False)  # trusted file: full unpickling
+            if trust:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            return _torch_load_safe(path)
         with path.open("rb") as f:
-            return pickle.load(f)  # noqa: S301 - documented: only import trusted files
+            if trust:
+                return pickle.load(f)  # noqa: S301 - explicit opt-in: --i-trust-this-file
+            obj = SafeUnpickler(f).load()
+        if _is_legacy_torch_magic(obj):  # torch.save of the pre-1.6 format: torch's own safe loader reads it
+            return _torch_load_safe(path)
+        return obj
+    except UnsafePickleError as exc:
+        raise _refuse_unsafe(path, str(exc)) from None
+    except InputDataError:
+        raise
     except Exception as exc:
-        raise InputDataError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise InputDataError(f"{path}: cannot unpickle ({detail})") from None
+
+
+def _is_legacy_torch_magic(obj: object) -> bool:
+    import torch
+
+    return isinstance(obj, int) and not isinstance(obj, bool) and obj == torch.serialization.MAGIC_NUMBER
 
 
 def _splits(obj: object, where: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -104,17 +243,19 @@ def _names(path: Path) -> dict:
 
 
 def import_pickle(file: Path, out: str, names_file: Path, start: str, basins_file: Path | None = None,
-                  overwrite: bool = False, max_gap: int = 5) -> dict:
-    """Import the legacy pickle into a store at ``out``; returns a summary."""
+                  overwrite: bool = False, max_gap: int = 5, trust: bool = False) -> dict:
+    """Import the legacy pickle into a store at ``out``; returns a summary. ``trust`` (the
+    ``--i-trust-this-file`` flag) allows a full unpickle, which runs code from the file."""
     names = _names(names_file)
-    try:
-        t0 = pd.Timestamp(start)
-    except ValueError:
-        raise InputDataError(f"--start '{start}' is not a date (YYYY-MM-DD)") from None
-    splits = _splits(load_pickle(file), str(file))
+    t0 = parse_day(start, "--start")
+    if max_gap < 0:
+        raise InputDataError(f"--max-gap must be >= 0, got {max_gap}")
+    splits = _splits(load_pickle(file, trust=trust), str(file))
     where = str(file)
     first = splits["train"]
     n_basins = first[0].shape[0]
+    if n_basins == 0:
+        raise InputDataError(f"{where}: the training split holds 0 basins; nothing to import")
     for split, (x, y, z) in splits.items():
         if x.shape[0] != n_basins or y.shape[0] != n_basins or z.shape[0] != n_basins:
             raise InputDataError(f"{where}: split '{split}' has {x.shape[0]}/{y.shape[0]}/{z.shape[0]} "
@@ -127,6 +268,8 @@ def import_pickle(file: Path, out: str, names_file: Path, start: str, basins_fil
                                      f"{names_file} names {len(names[key])}")
     x = np.concatenate([s[0] for s in splits.values()], axis=1)
     y = np.concatenate([s[1] for s in splits.values()], axis=1)
+    if x.shape[1] < 2:
+        raise InputDataError(f"{where}: the splits hold {x.shape[1]} days together; need at least 2")
     time = pd.date_range(t0, periods=x.shape[1], freq="D")
     bounds, i = {}, 0
     for split, s in splits.items():
@@ -157,22 +300,22 @@ def import_pickle(file: Path, out: str, names_file: Path, start: str, basins_fil
             continue
         arr = x[:, :, v].copy()
         for b, gauge in enumerate(basins):
-            w = f"{where} (basin {gauge}, x column {v})"
-            if name == "temperature":
-                check_temperature(arr[b], time, w, name)
-            elif name in ("precipitation", "pet", "lai"):
-                report.add("clipped", name, gauge, check_nonnegative(arr[b], time, w, name))
-            report.add("filled", name, gauge, fill_gaps(arr[b], time, max_gap, w, name))
+            check_physical(name, arr[b], time, f"{where} (basin {gauge}, x column {v})", max_gap=max_gap,
+                           report=report, gauge=gauge)
         forcing[name] = arr
     missing = [n for n in ("precipitation", "temperature", "pet") if n not in forcing]
     if missing:
         raise InputDataError(f"{names_file}: no dynamic x column for required forcing '{missing[0]}' "
                              "(name it precipitation/temperature/pet or P/T/PET)")
-    targets = {name: y[:, :, k] for k, name in enumerate(y_names)}
-    for name in ("q", "swe"):
-        if name in targets:
-            for b, gauge in enumerate(basins):
-                check_nonnegative(targets[name][b], time, f"{where} (basin {gauge}, y)", name, tolerance=0.0)
+    targets = {name: y[:, :, k].copy() for k, name in enumerate(y_names)}
+    for k, name in enumerate(y_names):
+        for b, gauge in enumerate(basins):
+            check_physical(name, targets[name][b], time, f"{where} (basin {gauge}, y column {k})",
+                           report=report, gauge=gauge)
+    for k, name in enumerate(z_names):
+        for b, gauge in enumerate(basins):
+            check_physical(name, z[b, :, k], months, f"{where} (basin {gauge}, z column {k})",
+                           hint="; TWSA must be in mm" if name == "twsa" else "")
     targets["twsa"] = z[:, :, 0]
     units = names.get("units", {})
     extra = {n: xr.DataArray(z[:, :, k].astype(np.float32), dims=("basin", "month"),

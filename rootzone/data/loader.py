@@ -15,6 +15,7 @@ Batch tensors (B basins, L days, M whole calendar months inside the window):
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -25,7 +26,14 @@ import xarray as xr
 
 from rootzone.config import Config
 from rootzone.data.folds import FoldSplit
-from rootzone.data.schema import MONTHLY_TARGET_UNITS, REQUIRED_FORCING, forcing_names, target_names
+from rootzone.data.schema import (
+    MONTHLY_TARGET_UNITS,
+    REQUIRED_FORCING,
+    forcing_names,
+    store_reads,
+    store_where,
+    target_names,
+)
 from rootzone.errors import RootzoneError
 
 PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
@@ -84,6 +92,7 @@ class StoreData:
 
     def __init__(self, ds: xr.Dataset, cfg: Config, split: FoldSplit, normaliser: Normaliser | None = None):
         self.ds, self.cfg, self.split = ds, cfg, split
+        self.where = store_where(ds)  # reads of a corrupt chunk become one StoreError line naming it
         self.time = pd.DatetimeIndex(ds["time"].values)
         self.months = pd.DatetimeIndex(ds["month"].values)
         self.basin_ids = np.asarray([str(b) for b in ds["basin"].values])
@@ -119,9 +128,10 @@ class StoreData:
     # ------------------------------------------------------------------ statistics
     def _fit_normaliser(self) -> Normaliser:
         dyn = self.ds[self.dynamic_names].isel(time=self.train_days)
-        mean = dyn.mean(dim=("basin", "time")).compute()
-        std = dyn.std(dim=("basin", "time")).compute()
-        att = self.ds["attributes"].sel(attribute=self.static_names).values.astype(np.float64)
+        with store_reads(self.where):
+            mean = dyn.mean(dim=("basin", "time")).compute()
+            std = dyn.std(dim=("basin", "time")).compute()
+            att = self.ds["attributes"].sel(attribute=self.static_names).values.astype(np.float64)
         return Normaliser(
             dynamic_names=self.dynamic_names,
             dynamic_mean=np.array([float(mean[v]) for v in self.dynamic_names]),
@@ -132,7 +142,8 @@ class StoreData:
         )
 
     def _normalised_static(self) -> np.ndarray:
-        att = self.ds["attributes"].sel(attribute=self.normaliser.static_names).values.astype(np.float64)
+        with store_reads(self.where):
+            att = self.ds["attributes"].sel(attribute=self.normaliser.static_names).values.astype(np.float64)
         if not np.isfinite(att).all():
             raise RootzoneError("the store's attributes contain NaN; fill or drop those basins/attributes")
         return ((att - self.normaliser.static_mean) / self.normaliser.static_std).astype(np.float32)
@@ -145,7 +156,13 @@ class StoreData:
             da = self.ds[t]
             sel = da.isel(month=np.flatnonzero(month_train)) if t in MONTHLY_TARGET_UNITS \
                 else da.isel(time=self.train_days)
-            var = sel.var(dim=sel.dims[1], skipna=True).values.astype(np.float64)
+            with store_reads(self.where), warnings.catch_warnings():
+                # a basin without any observation of ``t`` has a NaN variance (it falls back to the median of
+                # the others below); numpy/dask would print "invalid value encountered in divide" for it
+                warnings.filterwarnings("ignore", r"(invalid value|divide by zero) encountered", RuntimeWarning)
+                warnings.filterwarnings("ignore", r"(Degrees of freedom|Mean of empty slice|All-NaN slice)",
+                                        RuntimeWarning)
+                var = sel.var(dim=sel.dims[1], skipna=True).values.astype(np.float64)
             fallback = np.nanmedian(var) if np.isfinite(var).any() else 1.0
             scales[t] = np.where(np.isfinite(var), var, fallback)
         return scales
@@ -193,7 +210,8 @@ class StoreData:
             return self._blocks[index]
         rows = slice(int(self.block_edges[index]), int(self.block_edges[index + 1]))
         names = self._daily_names + (["twsa"] if "twsa" in self.targets else [])
-        sub = self.ds[names].isel(basin=rows).compute()
+        with store_reads(self.where):
+            sub = self.ds[names].isel(basin=rows).compute()
         self._blocks[index] = {v: sub[v].values.astype(np.float32) for v in names}
         while len(self._blocks) > BLOCK_CACHE:
             self._blocks.popitem(last=False)

@@ -20,16 +20,13 @@ import pandas as pd
 from rootzone.data.checks import (
     GapReport,
     InputDataError,
-    check_nonnegative,
-    fill_gaps,
+    check_physical,
     parse_dates,
     unit_factor,
 )
 
 DAILY_PRODUCTS = {"lai": ("forcing", "m2/m2"), "et": ("target", "mm/d"), "swe": ("target", "mm")}
 MONTHLY_PRODUCTS = {"twsa": ("target", "mm")}
-LAI_MAX = 15.0  # m²/m²: no canopy has more
-TWSA_MAX = 5000.0  # mm: |anomaly| beyond 5 m is a unit error
 _HEADER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\[([^\]]*)\])?\s*$")
 
 
@@ -92,12 +89,8 @@ def read_daily(extra_dir: Path, gauge: str, time: pd.DatetimeIndex, names: list[
     for name in names:
         canonical = DAILY_PRODUCTS[name][1]
         values = _numeric(df[name], where, name) * unit_factor(units[name], canonical, where, name)
-        report.add("clipped", name, gauge, check_nonnegative(values, time, where, name))
-        if name == "lai":
-            if np.nanmax(values, initial=0.0) > LAI_MAX:
-                i = int(np.nanargmax(values))
-                raise InputDataError(f"{where}: impossible 'lai' {values[i]:.4g} m2/m2 on {time[i]:%Y-%m-%d}")
-            report.add("filled", name, gauge, fill_gaps(values, time, max_gap, where, name))
+        check_physical(name, values, time, where, max_gap=max_gap if name == "lai" else None, report=report,
+                       gauge=gauge)
         out[name] = values.astype(np.float32)
     return out
 
@@ -113,12 +106,8 @@ def read_monthly(extra_dir: Path, gauge: str, months: pd.DatetimeIndex,
     out = {}
     for name in names:
         values = _numeric(df[name], where, name) * unit_factor(units[name], "mm", where, name)
-        big = np.abs(np.nan_to_num(values)) > TWSA_MAX
-        if big.any():
-            i = int(np.flatnonzero(big)[0])
-            raise InputDataError(f"{where}: implausible '{name}' {values[i]:.4g} mm in {months[i]:%Y-%m} "
-                                 f"(|anomaly| > {TWSA_MAX:g} mm; declare units in the header, "
-                                 f"e.g. '{name} [cm]')")
+        check_physical(name, values, months, where,
+                       hint=f"; declare units in the header, e.g. '{name} [cm]'")
         out[name] = values.astype(np.float32)
     return out
 

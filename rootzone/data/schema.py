@@ -15,10 +15,9 @@ of each month), ``attribute`` (names). Group attributes: ``rootzone_schema`` (ve
 
 from __future__ import annotations
 
-import shutil
-import uuid
+import contextlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +26,20 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from rootzone.errors import StoreError
+from rootzone.errors import RootzoneError, StoreError
+from rootzone.safety import (
+    DATA_STORE_KEY,
+    check_output_path,
+    clean_stale_temps,
+    ensure_replaceable,
+    fs_and_path,
+    is_local,
+    move_into_place,
+    temp_sibling,
+)
 
 SCHEMA_VERSION = 1
-SCHEMA_KEY = "rootzone_schema"
+SCHEMA_KEY = DATA_STORE_KEY  # "rootzone_schema": the attribute that marks a store rootzone wrote
 
 FORCING_UNITS = {"precipitation": "mm/d", "temperature": "degC", "pet": "mm/d", "lai": "m2/m2"}
 REQUIRED_FORCING = ("precipitation", "temperature", "pet")
@@ -129,6 +138,8 @@ def validate(ds: xr.Dataset, where: str = "store") -> None:
     time = pd.DatetimeIndex(ds["time"].values)
     if len(time) < 2 or not (np.diff(time.values) == np.timedelta64(1, "D")).all():
         raise StoreError(f"{where}: 'time' must be daily without gaps")
+    if ds.sizes["basin"] == 0:
+        raise StoreError(f"{where} has no basins (the 'basin' dimension is empty)")
     if len(set(ds["basin"].values.tolist())) != ds.sizes["basin"]:
         raise StoreError(f"{where}: duplicate basin ids")
     for name in REQUIRED_FORCING:
@@ -137,79 +148,155 @@ def validate(ds: xr.Dataset, where: str = "store") -> None:
     for name in forcing_names(ds):
         if ds[name].dims != ("basin", "time"):
             raise StoreError(f"{where}: forcing '{name}' must have dims (basin, time), has {ds[name].dims}")
+        if name in FORCING_UNITS:
+            _check_units(ds[name], name, FORCING_UNITS[name], where)
     for name in target_names(ds):
         want = ("basin", "month") if name in MONTHLY_TARGET_UNITS else ("basin", "time")
         if name not in TARGET_UNITS:
             raise StoreError(f"{where}: unknown target '{name}' (known: {', '.join(TARGET_UNITS)})")
         if ds[name].dims != want:
             raise StoreError(f"{where}: target '{name}' must have dims {want}, has {ds[name].dims}")
+        _check_units(ds[name], name, TARGET_UNITS[name], where)
     if "attributes" not in ds or ds["attributes"].dims != ("basin", "attribute"):
         raise StoreError(f"{where}: 'attributes' (basin, attribute) is missing")
 
 
+def _check_units(da: xr.DataArray, name: str, expected: str, where: str) -> None:
+    """The ``units`` attribute of a known variable must be ``expected`` (or a spelling of it, e.g. mm/day)."""
+    from rootzone.data.checks import UNIT_ALIASES
+
+    found = da.attrs.get("units")
+    if found is None:
+        raise StoreError(f"{where}: '{name}' has no 'units' attribute (expected {expected})")
+    key = " ".join(str(found).strip().lower().split())
+    same = UNIT_ALIASES.get(expected, {expected.lower(): 1.0}).get(key) == 1.0 or key == expected.lower()
+    if not same:
+        raise StoreError(f"{where}: '{name}' is in units '{found}', expected {expected} "
+                         "(convert it and rebuild the store)")
+
+
+def store_where(ds: xr.Dataset, default: str = "store") -> str:
+    """``store 'URL'`` for messages about an opened store (``default`` for one built in memory)."""
+    source = ds.encoding.get("source")
+    return f"store '{source}'" if source else default
+
+
+@contextlib.contextmanager
+def store_reads(where: str) -> Iterator[None]:
+    """Turn a failure while reading a store's data (a corrupt or missing chunk: zarr and its codecs raise
+    many kinds) into one :class:`StoreError` line naming the store."""
+    try:
+        yield
+    except (RootzoneError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise StoreError(f"{where}: cannot read its data, a chunk is corrupt or missing ({detail})") from None
+
+
 def check_forcing_finite(ds: xr.Dataset, where: str = "store") -> None:
-    """Forcing and attributes may not hold NaN (reads the data: call it on in-memory or small stores)."""
+    """Forcing and attributes may not hold NaN or ±inf, and precipitation may not be negative.
+
+    Reads the forcing basin block by basin block when ``ds`` is lazy (only per-basin counts are kept), so
+    it may be called on a whole opened store as well as on in-memory training forcing. The message names
+    the variable, the count, and the first basin concerned.
+    """
+    import dask
+
+    where = store_where(ds) if where == "store" else where
+    counts: dict[tuple[str, str], xr.DataArray] = {}
     for name in [*forcing_names(ds), "attributes"]:
-        bad = ~np.isfinite(ds[name].values)
-        if bad.any():
-            b = int(np.argwhere(bad)[0][0])
-            raise StoreError(f"{where}: '{name}' has {int(bad.sum())} NaN/inf values "
-                             f"(first at basin {ds['basin'].values[b]!s})")
-
-
-def _fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
+        if name not in ds:
+            continue
+        da = ds[name]
+        other = [d for d in da.dims if d != "basin"]
+        counts[(name, "NaN/inf")] = (~np.isfinite(da)).sum(dim=other)
+        if name == "precipitation":
+            counts[(name, "negative")] = (da < 0).sum(dim=other)
+    with store_reads(where):
+        (done,) = dask.compute(counts)
+    for (name, kind), per_basin in done.items():
+        per_basin = np.asarray(per_basin)
+        if per_basin.any():
+            b = int(np.flatnonzero(per_basin)[0])
+            n_basins = int((per_basin > 0).sum())
+            raise StoreError(f"{where}: '{name}' has {int(per_basin.sum())} {kind} values in {n_basins} "
+                             f"basin(s) (first at basin {ds['basin'].values[b]!s}, "
+                             f"{int(per_basin[b])} values)")
 
 
 def store_exists(url: str) -> bool:
-    fs, path = _fs_and_path(url)
+    fs, path = fs_and_path(url)
     return fs.exists(path)
+
+
+def check_output(url: str, overwrite: bool) -> None:
+    """Refuse an output a build must not write: an existing one without ``overwrite``, and with it
+    anything that is not a rootzone data store (a file, a symlink, a foreign directory) or is ``/``, the
+    home directory, the current directory or one of its ancestors. Writes nothing."""
+    fs, path = fs_and_path(url)
+    exists = fs.exists(path) or (is_local(fs) and _is_link(path))
+    if is_local(fs) or exists:
+        check_output_path(url)
+    if exists:
+        if not overwrite:
+            raise StoreError(f"output '{url}' already exists (pass --overwrite to replace it)")
+        ensure_replaceable(url, DATA_STORE_KEY)
+
+
+def _is_link(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_symlink()
+
+
+def _start_build(url: str, overwrite: bool) -> tuple[fsspec.AbstractFileSystem, str, str, str]:
+    """Checks before a build writes anything; removes stale temporaries of killed builds of ``url``;
+    returns (fs, path, temporary path, temporary URL)."""
+    check_output(url, overwrite)
+    fs, path = fs_and_path(url)
+    clean_stale_temps(fs, path)
+    tmp, tmp_url = temp_sibling(fs, path)
+    return fs, path, tmp, tmp_url
+
+
+def _finish_build(fs: fsspec.AbstractFileSystem, tmp: str, path: str, url: str, overwrite: bool) -> None:
+    """Move the finished temporary store into place (replacing only a rootzone data store)."""
+    if not overwrite and fs.exists(path):
+        raise StoreError(f"output '{url}' appeared while this build ran (another build?); "
+                         "pass --overwrite to replace it")
+    move_into_place(fs, tmp, path, DATA_STORE_KEY)
+
+
+def _remove_temp(fs: fsspec.AbstractFileSystem, tmp: str) -> None:
+    import shutil
+
+    if not fs.exists(tmp):
+        return
+    if is_local(fs):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        fs.rm(tmp, recursive=True)
 
 
 def write_store(ds: xr.Dataset, url: str, overwrite: bool = False, basin_chunk: int = BASIN_CHUNK) -> None:
     """Write ``ds`` as a consolidated Zarr v3 store (``basin_chunk`` basins per chunk), atomically: to a
-    temporary sibling first, then moved into place, so a failed write never leaves a half store at ``url``."""
+    temporary sibling first, then moved into place, so a failed write never leaves a half store at ``url``.
+
+    An existing ``url`` is replaced only with ``overwrite`` and only when it is a rootzone data store
+    (checked before anything is written); temporaries left by a killed build of ``url`` are removed.
+    """
     validate(ds)
-    fs, path = _fs_and_path(url)
-    if fs.exists(path):
-        if not overwrite:
-            raise StoreError(f"output '{url}' already exists (pass --overwrite to replace it)")
-    tmp, tmp_url = _temp_sibling(fs, path)
+    fs, path, tmp, tmp_url = _start_build(url, overwrite)
     encoding = {name: {"chunks": _chunks(ds[name], basin_chunk)} for name in ds.data_vars}
     try:
         with warnings.catch_warnings():  # consolidated metadata is not (yet) in the Zarr v3 spec; we want it
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             ds.to_zarr(tmp_url, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
-        _move_into_place(fs, tmp, path)
+        _finish_build(fs, tmp, path, url, overwrite)
     except BaseException:
-        if fs.exists(tmp):
-            _remove(fs, tmp)
+        _remove_temp(fs, tmp)
         raise
-
-
-def _protocol(fs: fsspec.AbstractFileSystem) -> str:
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-
-def _temp_sibling(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
-    """A fresh temporary path beside ``path`` (filesystem path, and the URL to hand to xarray/zarr)."""
-    tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    protocol = _protocol(fs)
-    return tmp, (tmp if protocol in ("file", "local") else f"{protocol}://{tmp}")
-
-
-def _move_into_place(fs: fsspec.AbstractFileSystem, tmp: str, path: str) -> None:
-    if fs.exists(path):
-        _remove(fs, path)
-    fs.mv(tmp, path, recursive=True)
-
-
-def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    if _protocol(fs) in ("file", "local"):
-        shutil.rmtree(path)
-    else:
-        fs.rm(path, recursive=True)
 
 
 def _chunks(da: xr.DataArray, basin_chunk: int = BASIN_CHUNK) -> tuple[int, ...]:
@@ -218,8 +305,9 @@ def _chunks(da: xr.DataArray, basin_chunk: int = BASIN_CHUNK) -> tuple[int, ...]
 
 
 def open_store(url: str) -> xr.Dataset:
-    """Open a store lazily (dask arrays) and check its schema; a clear StoreError if it is not one."""
-    fs, path = _fs_and_path(url)
+    """Open a store lazily (dask arrays) and check its schema and units; a clear StoreError if it is not
+    one. Reads of its data can fail later on a corrupt chunk: wrap them in :func:`store_reads`."""
+    fs, path = fs_and_path(url)
     if not fs.exists(path):
         raise StoreError(f"store '{url}' does not exist")
     try:
@@ -284,10 +372,8 @@ class StoreWriter:
                  basin_chunk: int = BASIN_CHUNK):
         validate(template, where="new store")
         self.url, self.template, self.basin_chunk = url, template, int(basin_chunk)
-        self.fs, self.path = _fs_and_path(url)
-        if self.fs.exists(self.path) and not overwrite:
-            raise StoreError(f"output '{url}' already exists (pass --overwrite to replace it)")
-        self.tmp, self.tmp_url = _temp_sibling(self.fs, self.path)
+        self.overwrite = overwrite
+        self.fs, self.path, self.tmp, self.tmp_url = _start_build(url, overwrite)
         self.written = np.zeros(template.sizes["basin"], dtype=bool)
         self.attrs: dict[str, Any] = {}  # added to the group attributes on commit (e.g. a build report)
 
@@ -334,11 +420,10 @@ class StoreWriter:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
                 zarr.consolidate_metadata(self.tmp_url, zarr_format=3)
-            _move_into_place(self.fs, self.tmp, self.path)
+            _finish_build(self.fs, self.tmp, self.path, self.url, self.overwrite)
         except BaseException:
             self._cleanup()
             raise
 
     def _cleanup(self) -> None:
-        if self.fs.exists(self.tmp):
-            _remove(self.fs, self.tmp)
+        _remove_temp(self.fs, self.tmp)
