@@ -40,11 +40,11 @@ def train(store: str, out: Path, precision: str, seed: int, args: argparse.Names
                  **overrides)
     t0 = time.perf_counter()
     metrics = train_trial(cfg)
-    test = metrics["splits"]["test"]
+    test = metrics.splits["test"]
     row = {"precision": precision, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-           "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+           "best_epoch": metrics.best_epoch, "epochs_run": metrics.epochs_run,
            "nse": {t: test[t]["median"]["nse"] for t in TARGETS if t in test}}
-    row.update({k: metrics.get("truth_recovery", {}).get(k) for k in ("smax_pearson_r", "smax_rmse")})
+    row.update({k: (metrics.truth_recovery or {}).get(k) for k in ("smax_pearson_r", "smax_rmse")})
     return row
 
 

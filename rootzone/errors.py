@@ -11,3 +11,7 @@ class ConfigError(RootzoneError):
 
 class StoreError(RootzoneError):
     """A store that is missing, unreadable or does not follow the rootzone schema."""
+
+
+class InputDataError(RootzoneError):
+    """Input data that cannot become a store: missing, malformed or physically impossible."""

@@ -1,4 +1,4 @@
-"""Masked, basin-normalised loss over the four targets (DESIGN §6).
+"""Masked, basin-normalised loss over the targets of ``rootzone.data.schema.TARGETS`` (DESIGN §6).
 
 Daily target t: per basin, the mean squared error over scored, observed days divided by that basin's
 variance of t on training days (+ eps); averaged over basins that have any scored observation.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from rootzone.data.schema import target
 
 SCALE_EPS = 0.1  # added to the per-basin variance (mm² or (mm/d)²) so quiet basins do not dominate
 
@@ -50,14 +52,15 @@ def hybrid_loss(outputs, obs: dict[str, Tensor], day_mask: Tensor, month_mask: T
     """Weighted total loss and its parts. ``outputs`` is a BucketOutputs ([B, L] each); obs daily [B, L] or
     twsa [B, M]; day_mask [L] and month_mask [M] say what is scored; scale: target -> [B]."""
     parts: dict[str, Tensor] = {}
-    series = {"q": outputs.q, "et": outputs.et, "swe": outputs.w}
     for name, observed in obs.items():
-        if name == "twsa":
-            model_monthly = monthly_mean(outputs.tws, day_month, observed.shape[1])
+        t = target(name)
+        series = t.model_series(outputs)
+        if t.monthly:
+            model_monthly = monthly_mean(series, day_month, observed.shape[1])
             mod_a, obs_a, valid = anomalies(model_monthly, observed, month_mask)
             parts[name] = normalised_mse(mod_a, obs_a, valid, scale[name])
         else:
             valid = torch.isfinite(observed) & day_mask[None, :]
-            parts[name] = normalised_mse(series[name], observed, valid, scale[name])
+            parts[name] = normalised_mse(series, observed, valid, scale[name])
     total = sum(weights.get(k, 1.0) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from rootzone.config import Config
-from rootzone.physics.dispatch import run_physics
+from rootzone.physics.dispatch import resolve, run_physics
 from rootzone.physics.equations import PARAM_NAMES, BucketOutputs
 
 
@@ -29,10 +29,17 @@ class ModelOutput(NamedTuple):
 
 
 class HybridModel(nn.Module):
-    def __init__(self, n_dynamic: int, n_static: int, cfg: Config, physics_impl: str = "eager"):
+    """Network and buckets. Which physics runs has one source, ``self.physics``: ``physics_impl`` when given
+    (e.g. a resolved implementation, or a prediction's ``--physics``), else ``cfg.physics``; the model's own
+    ``self.cfg`` carries the same value, so the two never disagree. "auto" is resolved for the device of the
+    forcing on each call (:func:`rootzone.physics.dispatch.resolve`); "eager", "compiled" and "fused" run as
+    they are."""
+
+    def __init__(self, n_dynamic: int, n_static: int, cfg: Config, physics_impl: str | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.physics_impl = physics_impl
+        physics = physics_impl or cfg.physics
+        self.cfg = cfg if physics == cfg.physics else cfg.replace(physics=physics)  # validates the name
+        self.physics = physics
         hidden = cfg.hidden_size
         if cfg.param_mode == "dynamic":
             self.lstm = nn.LSTM(n_dynamic + n_static, hidden, batch_first=True)
@@ -65,6 +72,15 @@ class HybridModel(nn.Module):
         squashed = self.param_low + self.param_span * torch.sigmoid(raw.float())
         return torch.where(self.param_log, squashed.exp(), squashed)
 
+    @property
+    def physics_impl(self) -> str:
+        """The implementation that runs on the model's device ("eager", "compiled" or "fused")."""
+        return self.implementation(self.param_low.device)
+
+    def implementation(self, device: torch.device) -> str:
+        """The implementation :attr:`physics` stands for on ``device``."""
+        return self.physics if self.physics != "auto" else resolve("auto", device)
+
     def forward(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor) -> ModelOutput:
         params = self.parameters_from(x_dynamic, x_static)
-        return ModelOutput(params, run_physics(forcing.float(), params, self.physics_impl))
+        return ModelOutput(params, run_physics(forcing.float(), params, self.implementation(forcing.device)))

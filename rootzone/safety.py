@@ -144,7 +144,7 @@ def temp_sibling(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
     return tmp, protocol_url(fs, tmp)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -168,7 +168,7 @@ def clean_stale_temps(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
         return removed
     for sibling in base.parent.iterdir():
         m = pattern.match(sibling.name)
-        if m and not sibling.is_symlink() and sibling.is_dir() and not _pid_alive(int(m.group(1))):
+        if m and not sibling.is_symlink() and sibling.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(sibling, ignore_errors=True)
             removed.append(str(sibling))
     return removed
@@ -243,7 +243,7 @@ class DirLock:
     def _stale(self, owner: dict[str, Any] | None) -> bool:
         if owner is None:
             return True
-        return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
+        return owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", -1)))
 
     def acquire(self) -> DirLock:
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()

@@ -12,15 +12,11 @@ files above) is given.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
-import pickle
-import random
 import re
 import sys
 import time
@@ -36,16 +32,27 @@ from rootzone.config import Config
 from rootzone.data.folds import temporal_fold
 from rootzone.data.loader import Normaliser, StoreData
 from rootzone.data.schema import REQUIRED_FORCING, check_forcing_finite, open_store
+from rootzone.device import seed_everything, select_device
 from rootzone.errors import RootzoneError
-from rootzone.evaluation import evaluate_record, print_summary, truth_recovery
+from rootzone.evaluation import evaluate_record, truth_recovery
+from rootzone.experiment import (
+    BEST_PT,
+    CONFIG_TOML,
+    LAST_PT,
+    METRICS_JSON,
+    TRAIN_LOG,
+    Checkpoint,
+    TrialMetrics,
+    short,
+)
 from rootzone.loss import hybrid_loss
 from rootzone.model import HybridModel
 from rootzone.physics import dispatch
 from rootzone.progress import progress_bar
-from rootzone.safety import DirLock, absolute_url, atomic_torch_save, atomic_write_text
+from rootzone.safety import DirLock, absolute_url, atomic_write_text, pid_alive
 
 # Everything ``train`` writes into a run directory (``--overwrite`` removes these and nothing else).
-RUN_FILES = ("best.pt", "checkpoint.pt", "metrics.json", "config.toml", "train.log")
+RUN_FILES = (BEST_PT, LAST_PT, METRICS_JSON, CONFIG_TOML, TRAIN_LOG)
 # Config fields a ``--resume`` may change: they do not change what the checkpoint means.
 RESUME_FREE_FIELDS = ("progress", "out", "epochs", "patience", "device", "physics", "threads")
 
@@ -60,20 +67,6 @@ class EpochReport:
     checkpoint: Path  # latest checkpoint file (resume point)
     seconds: float
     validation_parts: dict[str, float] = field(default_factory=dict)  # unweighted loss per target
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RootzoneError("config field 'device': 'cuda' requested but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
 
 
 def build(cfg: Config, normaliser: Normaliser | None = None) -> tuple[StoreData, HybridModel, torch.device]:
@@ -101,48 +94,11 @@ def store_fingerprint(data: StoreData) -> dict[str, Any]:
             "last_day": str(data.time[-1].date()), "variables": sorted(str(v) for v in data.ds.data_vars)}
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with one-line errors for unsafe, truncated or foreign files."""
-    try:
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise RootzoneError(f"{path} does not exist") from None
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            raise RootzoneError(f"refusing to load {path}: it holds Python objects other than tensors and plain "
-                                "data, so loading it could run code (rootzone checkpoints never do); "
-                                "remove it or pass --overwrite") from None
-        raise RootzoneError(f"cannot load {path}: unreadable or truncated ({_short(exc)}); remove it or pass "
-                            "--overwrite to start the run over") from None
-    except Exception as exc:  # truncated zip, not a torch file, ...
-        raise RootzoneError(f"cannot load {path}: unreadable or truncated ({type(exc).__name__}: {_short(exc)}); "
-                            "remove it or pass --overwrite to start the run over") from None
-    if not isinstance(saved, dict) or "model" not in saved:
-        raise RootzoneError(f"cannot load {path}: not a rootzone checkpoint")
-    return saved
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    """The first sentence of an error message, on one line, at most ``limit`` characters."""
-    text = " ".join(str(exc).split())
-    text = text.split(". ", 1)[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _save(obj: Any, path: Path) -> None:
-    """Atomic ``torch.save``: a failed write (read-only or full disk, kill) keeps the previous file."""
-    try:
-        atomic_torch_save(obj, str(path))
-    except OSError as exc:
-        raise RootzoneError(f"cannot write {path}: {exc.strerror or _short(exc)}"
-                            f"{'; the previous ' + path.name + ' is kept' if path.exists() else ''}") from None
-
-
 def _write_text(path: Path, text: str) -> None:
     try:
         atomic_write_text(str(path), text)
     except OSError as exc:
-        raise RootzoneError(f"cannot write {path}: {exc.strerror or _short(exc)}") from None
+        raise RootzoneError(f"cannot write {path}: {exc.strerror or short(exc)}") from None
 
 
 def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device) -> tuple[torch.Tensor, dict]:
@@ -180,8 +136,150 @@ def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out:
     return total / weight
 
 
+@dataclass
+class TrainingState:
+    """Where the epoch loop stands (saved in ``checkpoint.pt`` for a resume)."""
+
+    epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingState:
+        return cls(int(d["epoch"]), float(d["best"]), int(d["best_epoch"]), int(d["bad_epochs"]))
+
+
+_RESTART_HINT = "; remove it or pass --overwrite to start the run over"
+
+
+class Trial:
+    """One (fold, seed) trial as named steps: :meth:`set_up`, :meth:`restore`, then per epoch
+    :meth:`train_epoch`, :meth:`validate` and :meth:`save`, and at the end :meth:`evaluate`."""
+
+    def __init__(self, cfg: Config, log: logging.Logger):
+        self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
+        self.last_path, self.best_path = self.out / LAST_PT, self.out / BEST_PT
+        self.state = TrainingState()
+
+    def set_up(self, data: StoreData, model: HybridModel, device: torch.device, rng: np.random.Generator) -> None:
+        self.data, self.model, self.device, self.rng = data, model, device, rng
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.fingerprint = store_fingerprint(data)
+
+    def restore(self) -> bool:
+        """Continue from ``checkpoint.pt`` when it exists (checked before anything is written)."""
+        if not self.last_path.exists():
+            return False
+        saved = Checkpoint.load(self.last_path, self.device, keys=("model",), hint=_RESTART_HINT)
+        recorded = saved.store
+        if recorded is not None and recorded != self.fingerprint:
+            diffs = [k for k in self.fingerprint
+                     if not isinstance(recorded, dict) or recorded.get(k) != self.fingerprint[k]]
+            raise RootzoneError(f"cannot resume from {self.last_path}: it was trained on another store (differs "
+                                f"in: {', '.join(diffs)}); pass the run's store, or --overwrite to start over")
+        t = saved.training
+        try:
+            self.model.load_state_dict(saved.model)
+            self.optimizer.load_state_dict(t["optimizer"])
+            self.state = TrainingState.from_dict(t["state"])
+            self.rng.bit_generator.state = t["numpy_rng"]
+            torch.set_rng_state(t["torch_rng"])
+            self.data.restore_sampler(t.get("sampler", {"block": 0, "left": 0}))
+            if self.device.type == "cuda" and "cuda_rng" in t:
+                torch.cuda.set_rng_state(t["cuda_rng"], self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise RootzoneError(f"cannot resume from {self.last_path}: it does not fit this model and config "
+                                f"({type(exc).__name__}: {short(exc)}); pass the run's --config/--set, or "
+                                "--overwrite to start over") from None
+        return True
+
+    def train_epoch(self, bar, task) -> tuple[float, dict[str, float]]:
+        """One epoch of ``batches_per_epoch`` random windows; mean loss and mean loss parts."""
+        cfg, data = self.cfg, self.data
+        self.model.train()
+        losses, parts_sum = [], {}
+        for _ in range(cfg.batches_per_epoch):
+            basins, start, length = data.sample_window(self.rng)
+            batch = data.load(basins, start, length)
+            loss, parts = _loss_on(self.model, data, batch, "train", min(cfg.warmup_days, length - 1), self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.batches_per_epoch
+            bar.update(task, advance=1, description=f"epoch {self.state.epoch + 1} loss {losses[-1]:.3f}")
+        return float(np.mean(losses)), parts_sum
+
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Validation loss (and its unweighted parts); counts the epoch and updates early stopping."""
+        parts: dict[str, float] = {}
+        val = validation_loss(self.model, self.data, self.device, parts_out=parts)
+        self.state.epoch += 1
+        if not math.isfinite(val):
+            raise RootzoneError(f"validation loss became {val} at epoch {self.state.epoch}; lower lr")
+        return val, parts
+
+    def save(self, val: float) -> None:
+        """``best.pt`` when ``val`` is the best so far, and ``checkpoint.pt`` (the resume point) every epoch."""
+        s = self.state
+        if val < s.best:
+            s.best, s.best_epoch, s.bad_epochs = val, s.epoch, 0
+            Checkpoint(self.model.state_dict(), self.data.normaliser.to_dict(), self.cfg.to_dict(), s.epoch,
+                       self.fingerprint).save(self.best_path)
+        else:
+            s.bad_epochs += 1
+        training = {"optimizer": self.optimizer.state_dict(), "state": s.to_dict(),
+                    "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "sampler": self.data.sampler_state()}
+        if self.device.type == "cuda":
+            training["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        Checkpoint(self.model.state_dict(), epoch=s.epoch, store=self.fingerprint, training=training).save(
+            self.last_path)
+
+    def run_epochs(self, on_epoch: Callable[[EpochReport], None] | None) -> None:
+        cfg, s = self.cfg, self.state
+        with progress_bar(cfg.progress) as bar:
+            task = bar.add_task("training", total=cfg.epochs * cfg.batches_per_epoch,
+                                completed=s.epoch * cfg.batches_per_epoch)
+            while s.epoch < cfg.epochs and s.bad_epochs < cfg.patience:
+                t0 = time.perf_counter()
+                train_loss, parts = self.train_epoch(bar, task)
+                val, val_parts = self.validate()
+                self.save(val)
+                report = EpochReport(s.epoch, train_loss, val, s.best, parts, self.last_path,
+                                     time.perf_counter() - t0, val_parts)
+                self.log.info("epoch %d train %.4f validation %.4f (best %.4f @ %d) parts %s %.1fs", report.epoch,
+                              report.train_loss, val, s.best, s.best_epoch,
+                              {k: round(v, 4) for k, v in parts.items()}, report.seconds)
+                if on_epoch is not None:
+                    on_epoch(report)
+        if s.bad_epochs >= cfg.patience:
+            self.log.info("early stop after epoch %d (best %d)", s.epoch, s.best_epoch)
+
+    def evaluate(self) -> TrialMetrics:
+        """Reload ``best.pt``, run every basin's whole record and score each split."""
+        best = Checkpoint.load(self.best_path, self.device, keys=("model",), hint=_RESTART_HINT)
+        try:
+            self.model.load_state_dict(best.model)
+        except RuntimeError as exc:
+            raise RootzoneError(f"cannot load {self.best_path}: it does not fit this model ({short(exc)})") from None
+        data, cfg, s = self.data, self.cfg, self.state
+        record = evaluate_record(self.model, data, self.device)
+        return TrialMetrics(fold=cfg.fold, seed=cfg.seed, folds=cfg.folds, best_epoch=s.best_epoch,
+                            epochs_run=s.epoch, best_validation_loss=s.best, years=data.split.to_dict(),
+                            splits=record.scores,
+                            smax_mean=dict(zip(data.basin_ids.tolist(), record.smax_mean.tolist())),
+                            truth_recovery=truth_recovery(data.ds, record) or None)
+
+
 def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = None,
-                resume: bool = False) -> dict[str, Any]:
+                resume: bool = False) -> TrialMetrics:
     """Train and evaluate one trial; returns (and writes to ``cfg.out/metrics.json``) the metrics.
 
     ``on_epoch`` is called after every epoch (Ray trials report through it). With ``resume=True`` training
@@ -194,112 +292,31 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
     data, model, device = build(cfg)
     check_training_data(data, f"store '{cfg.store}'")
     _make_run_dir(out)
-    log = _file_logger(out / "train.log")
+    log = _file_logger(out / TRAIN_LOG)
     try:
-        return _train(cfg, data, model, device, rng, out, log, on_epoch, resume)
+        trial = Trial(cfg, log)
+        trial.set_up(data, model, device, rng)
+        resumed = resume and trial.restore()  # a checkpoint is checked before anything is written
+        _log_start(trial, resumed)
+        trial.run_epochs(on_epoch)
+        metrics = trial.evaluate()
+        _write_text(out / METRICS_JSON, metrics.to_json())
+        log.info("wrote %s", out / METRICS_JSON)
+        return metrics
     finally:
         _close_logger(log)
 
 
-def _train(cfg: Config, data: StoreData, model: HybridModel, device: torch.device, rng: np.random.Generator,
-           out: Path, log: logging.Logger, on_epoch: Callable[[EpochReport], None] | None,
-           resume: bool) -> dict[str, Any]:
-    # a checkpoint to resume from is checked before anything is written, so a refusal changes nothing
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "best": math.inf, "best_epoch": 0, "bad_epochs": 0}
-    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
-    fingerprint = store_fingerprint(data)
-    resumed = resume and ckpt_path.exists()
-    if resumed:
-        saved = _load_checkpoint(ckpt_path, device)
-        recorded = saved.get("store")
-        if recorded is not None and recorded != fingerprint:
-            diffs = [k for k in fingerprint if not isinstance(recorded, dict) or recorded.get(k) != fingerprint[k]]
-            raise RootzoneError(f"cannot resume from {ckpt_path}: it was trained on another store (differs in: "
-                                f"{', '.join(diffs)}); pass the run's store, or --overwrite to start over")
-        try:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = dict(saved["state"])
-            rng.bit_generator.state = saved["numpy_rng"]
-            torch.set_rng_state(saved["torch_rng"])
-            data.restore_sampler(saved.get("sampler", {"block": 0, "left": 0}))
-            if device.type == "cuda" and "cuda_rng" in saved:
-                torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise RootzoneError(f"cannot resume from {ckpt_path}: it does not fit this model and config "
-                                f"({type(exc).__name__}: {_short(exc)}); pass the run's --config/--set, or "
-                                "--overwrite to start over") from None
-    cfg.save(out / "config.toml")
+def _log_start(trial: Trial, resumed: bool) -> None:
+    cfg, data, log = trial.cfg, trial.data, trial.log
+    cfg.save(trial.out / CONFIG_TOML)
     log.info("store %s: %d basins, %d days; fold %d/%d years %s; device %s, physics %s", cfg.store,
-             data.n_basins, data.n_days, cfg.fold, cfg.folds, data.split.to_dict(), device, model.physics_impl)
-    if cfg.precision == "bf16" and device.type != "cuda":
-        log.info("precision bf16 applies on CUDA only: the network runs in float32 on %s", device)
+             data.n_basins, data.n_days, cfg.fold, cfg.folds, data.split.to_dict(), trial.device,
+             trial.model.physics_impl)
+    if cfg.precision == "bf16" and trial.device.type != "cuda":
+        log.info("precision bf16 applies on CUDA only: the network runs in float32 on %s", trial.device)
     if resumed:
-        log.info("resumed from %s after epoch %d", ckpt_path, state["epoch"])
-
-    with progress_bar(cfg.progress) as bar:
-        task = bar.add_task("training", total=cfg.epochs * cfg.batches_per_epoch,
-                            completed=state["epoch"] * cfg.batches_per_epoch)
-        while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-            t0 = time.perf_counter()
-            model.train()
-            losses, parts_sum = [], {}
-            for _ in range(cfg.batches_per_epoch):
-                basins, start, length = data.sample_window(rng)
-                batch = data.load(basins, start, length)
-                loss, parts = _loss_on(model, data, batch, "train", min(cfg.warmup_days, length - 1), device)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.batches_per_epoch
-                bar.update(task, advance=1, description=f"epoch {state['epoch'] + 1} loss {losses[-1]:.3f}")
-            val_parts: dict[str, float] = {}
-            val = validation_loss(model, data, device, parts_out=val_parts)
-            state["epoch"] += 1
-            if not math.isfinite(val):
-                raise RootzoneError(f"validation loss became {val} at epoch {state['epoch']}; lower lr")
-            if val < state["best"]:
-                state.update(best=val, best_epoch=state["epoch"], bad_epochs=0)
-                _save({"model": model.state_dict(), "normaliser": data.normaliser.to_dict(),
-                       "config": cfg.to_dict(), "epoch": state["epoch"], "store": fingerprint}, best_path)
-            else:
-                state["bad_epochs"] += 1
-            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                   "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                   "sampler": data.sampler_state(), "store": fingerprint,
-                   **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
-                  ckpt_path)
-            report = EpochReport(state["epoch"], float(np.mean(losses)), val, state["best"], parts_sum, ckpt_path,
-                                 time.perf_counter() - t0, val_parts)
-            log.info("epoch %d train %.4f validation %.4f (best %.4f @ %d) parts %s %.1fs", report.epoch,
-                     report.train_loss, val, state["best"], state["best_epoch"],
-                     {k: round(v, 4) for k, v in parts_sum.items()}, report.seconds)
-            if on_epoch is not None:
-                on_epoch(report)
-    if state["bad_epochs"] >= cfg.patience:
-        log.info("early stop after epoch %d (best %d)", state["epoch"], state["best_epoch"])
-
-    best = _load_checkpoint(best_path, device)
-    try:
-        model.load_state_dict(best["model"])
-    except RuntimeError as exc:
-        raise RootzoneError(f"cannot load {best_path}: it does not fit this model ({_short(exc)})") from None
-    record = evaluate_record(model, data, device)
-    metrics = {
-        "fold": cfg.fold, "seed": cfg.seed, "folds": cfg.folds, "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"], "best_validation_loss": state["best"], "years": data.split.to_dict(),
-        "splits": record.scores, "smax_mean": dict(zip(data.basin_ids.tolist(), record.smax_mean.tolist())),
-    }
-    recovery = truth_recovery(data.ds, record)
-    if recovery:
-        metrics["truth_recovery"] = recovery
-    _write_text(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=True))
-    log.info("wrote %s", out / "metrics.json")
-    return metrics
+        log.info("resumed from %s after epoch %d", trial.last_path, trial.state.epoch)
 
 
 def _make_run_dir(out: Path) -> None:
@@ -309,7 +326,7 @@ def _make_run_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out) else ""
-        raise RootzoneError(f"cannot create run directory '{out}': {exc.strerror or _short(exc)}{where}") from None
+        raise RootzoneError(f"cannot create run directory '{out}': {exc.strerror or short(exc)}{where}") from None
 
 
 class _StrictFileHandler(logging.FileHandler):
@@ -319,7 +336,7 @@ class _StrictFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):
-            raise RootzoneError(f"cannot write {self.baseFilename}: {exc.strerror or _short(exc)}") from None
+            raise RootzoneError(f"cannot write {self.baseFilename}: {exc.strerror or short(exc)}") from None
         super().handleError(record)
 
 
@@ -363,11 +380,11 @@ def prepare_run_dir(cfg: Config, resume: bool = False, overwrite: bool = False) 
     if resume and overwrite:
         raise RootzoneError(_CONTRADICTION.format(out=out))
     if resume:
-        recorded = out / "config.toml"
+        recorded = out / CONFIG_TOML
         if recorded.is_file():
             _check_same_config(recorded, cfg)
-        elif (out / "checkpoint.pt").exists():
-            raise RootzoneError(f"cannot resume: {recorded} is missing, so {out / 'checkpoint.pt'} cannot be "
+        elif (out / LAST_PT).exists():
+            raise RootzoneError(f"cannot resume: {recorded} is missing, so {out / LAST_PT} cannot be "
                                 "matched to this config; pass --overwrite to start the run over")
     elif present:
         if not overwrite:
@@ -388,15 +405,8 @@ def prepare_run_dir(cfg: Config, resume: bool = False, overwrite: bool = False) 
 
 
 def _pid_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process holds the lock: no write of its own is in flight
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # this process holds the lock: no write of its own is in flight
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def _check_same_config(recorded: Path, cfg: Config) -> None:
@@ -421,46 +431,13 @@ def _brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-def register(sub: argparse._SubParsersAction) -> None:
-    from rootzone.cli import add_config_options
-
-    p = sub.add_parser(
-        "train", help="train and evaluate one trial (one fold, one seed)",
-        description="Train one (fold, seed) trial with early stopping on the validation year, keep the best "
-                    "checkpoint, evaluate every basin's whole record and write RUN_DIR/metrics.json "
-                    "(per split, target and basin, plus medians), config.toml and train.log.",
-    )
-    p.add_argument("--store", help="rootzone Zarr store (path or fsspec URL), e.g. from `rootzone data demo`")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/trial)")
-    p.add_argument("--folds", type=int, help="number of temporal folds k (default 5)")
-    p.add_argument("--fold", type=int, help="test fold, 0..k-1 (default 0)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 20; early stopping may end sooner)")
-    p.add_argument("--physics", help="physics implementation: auto | fused | compiled | eager (default auto)")
-    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from RUN_DIR/checkpoint.pt if present (the store and config must be the ones "
-                        "recorded in RUN_DIR/config.toml; --epochs, --device, --physics may change)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in a RUN_DIR that already holds a run: removes its best.pt, checkpoint.pt, "
-                        "metrics.json, config.toml and train.log (nothing else)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_options(p)
-    p.set_defaults(func=run_train_command)
-
-
-def run_train_command(args: argparse.Namespace) -> None:
-    from rootzone.cli import config_from_args
-
-    cfg = config_from_args(args, store=args.store, out=args.out, folds=args.folds, fold=args.fold,
-                           seed=args.seed, epochs=args.epochs, physics=args.physics, device=args.device,
-                           progress=False if args.quiet else None)
+def train_run(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrialMetrics:
+    """``rootzone train``: lock the run directory, check it (:func:`prepare_run_dir`), then :func:`train_trial`.
+    A run refused or failed before writing anything leaves no new empty directory behind."""
     if not cfg.store:
         raise RootzoneError("no store given: pass --store PATH (e.g. one written by `rootzone data demo`)")
-    if args.resume and args.overwrite:
+    if resume and overwrite:
         raise RootzoneError(_CONTRADICTION.format(out=cfg.out))
-    t0 = time.perf_counter()
     out = Path(cfg.out)
     created = not out.exists()
     _make_run_dir(out)
@@ -469,17 +446,14 @@ def run_train_command(args: argparse.Namespace) -> None:
         try:
             lock.acquire()
         except OSError as exc:
-            raise RootzoneError(f"cannot lock run directory '{out}': {exc.strerror or _short(exc)}") from None
+            raise RootzoneError(f"cannot lock run directory '{out}': {exc.strerror or short(exc)}") from None
         try:
-            prepare_run_dir(cfg, resume=args.resume, overwrite=args.overwrite)
-            metrics = train_trial(cfg, resume=args.resume)
+            prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+            return train_trial(cfg, resume=resume)
         finally:
             lock.release()
     except BaseException:
-        if created:  # a run refused or failed before writing anything leaves no empty directory behind
+        if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
-    print_summary(metrics, title=f"test metrics, fold {cfg.fold}, seed {cfg.seed} "
-                                 f"({time.perf_counter() - t0:.0f} s, best epoch {metrics['best_epoch']})")
-    print(f"wrote {Path(cfg.out) / 'metrics.json'}")

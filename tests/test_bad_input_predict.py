@@ -109,7 +109,7 @@ def test_c12_out_below_a_regular_file_is_refused(experiment, tmp_path, capsys):
 
 
 def test_c16_full_disk_gives_one_line_and_the_run_resumes(experiment, reference, tmp_path, capsys, monkeypatch):
-    import rootzone.predict as rp
+    import rootzone.predict.store as rp
 
     out = tmp_path / "p.zarr"
     marked = []

@@ -15,7 +15,7 @@ from rootzone.config import Config
 from rootzone.data.demo import build_demo
 from rootzone.data.schema import write_store
 from rootzone.ensemble import aggregate, prepare_base
-from rootzone.ensemble_store import ExperimentDir, experiment_record
+from rootzone.experiment import ExperimentDir, experiment_record
 from rootzone.train import train_trial
 
 TINY = {"physics": "eager", "batches_per_epoch": 1, "seq_len": 300, "warmup_days": 90, "hidden_size": 4,
@@ -97,10 +97,10 @@ def test_aggregate_table_and_ensemble_mean(store, tmp_path):
     assert sorted(table[["fold", "seed"]].drop_duplicates().itertuples(index=False)) == [(0, 0), (1, 0)]
     assert len(table) == 2 * 3 * 3 * 4
     row = table.query("fold == 1 and seed == 0 and split == 'test' and target == 'q'").sort_values("basin")
-    expect = metrics[1, 0]["splits"]["test"]["q"]["basins"]
+    expect = metrics[1, 0].splits["test"]["q"]["basins"]
     np.testing.assert_allclose(row["nse"], [expect[b]["nse"] for b in sorted(expect)])
     for t in ("q", "et", "swe", "twsa"):
-        per_member = [metrics[f, 0]["splits"]["test"][t]["median"]["kge"] for f in (0, 1)]
+        per_member = [metrics[f, 0].splits["test"][t]["median"]["kge"] for f in (0, 1)]
         np.testing.assert_allclose(summary["ensemble_mean"][t]["kge"], np.median(per_member), rtol=1e-5)
         np.testing.assert_allclose(summary["members"][t]["kge"], np.median(per_member), rtol=1e-9)
 
@@ -108,5 +108,5 @@ def test_aggregate_table_and_ensemble_mean(store, tmp_path):
     (tmp_path / "experiment.json").write_text(json.dumps({**record, "seeds": [0, 1]}))
     two = aggregate(exp)
     assert two["n_members"] == 4 and json.loads((tmp_path / "summary.json").read_text())["n_members"] == 4
-    q0 = [metrics[0, s]["splits"]["test"]["q"]["median"]["nse"] for s in (0, 1)]
+    q0 = [metrics[0, s].splits["test"]["q"]["median"]["nse"] for s in (0, 1)]
     assert two["ensemble_mean"]["q"]["nse"] not in q0

@@ -209,9 +209,9 @@ def test_killed_worker_retries_from_checkpoint(ray_head, small_store, tmp_path):
     it resumes from the epoch-2 checkpoint: epochs are neither restarted nor reported twice."""
     exp = tmp_path / "exp"
     done = subprocess.run(
-        rootzone_cmd("ensemble", "--address", ray_head["address"], "--store", small_store, "--out", str(exp),
-                     "--folds", "2", "--seeds", "1", "--epochs", "4", "--max-failures", "2",
-                     "--no-ensemble-mean", *TINY),
+        [sys.executable, str(REPO / "tests" / "ensemble_fault_driver.py"), "ensemble", "--address",
+         ray_head["address"], "--store", small_store, "--out", str(exp), "--folds", "2", "--seeds", "1",
+         "--epochs", "4", "--max-failures", "2", "--no-ensemble-mean", *TINY],
         cwd=REPO, env=child_env(ROOTZONE_FAULT_INJECT="fold0_seed0:3"), capture_output=True, text=True,
         timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,7 +15,8 @@ from rootzone.config import Config
 from rootzone.data.demo import build_demo
 from rootzone.data.schema import open_store, write_store
 from rootzone.errors import RootzoneError
-from rootzone.predict import VARIABLES, find_members, prepare, run
+from rootzone.experiment import ExperimentDir
+from rootzone.predict import VARIABLES, prepare, run
 
 TRIALS = ((0, 0), (1, 0))  # (fold, seed)
 
@@ -167,9 +168,9 @@ def test_member_selection(tmp_path):
     for fold, seed, loss in [(0, 0, 0.5), (0, 1, 0.3), (0, 2, 0.3), (1, 0, float("nan")), (1, 1, 0.9)]:
         _fake_trial(tmp_path, fold, seed, loss)
     _fake_trial(tmp_path, 2, 0, None, finished=False)
-    assert [m.name for m in find_members(str(tmp_path), "best")] == ["fold0_seed1", "fold1_seed1"]
-    assert len(find_members(str(tmp_path), "all")) == 5
-    assert [m.name for m in find_members(str(tmp_path), "fold1_seed0,fold0_seed2")] == ["fold1_seed0",
+    assert [m.name for m in ExperimentDir.open(str(tmp_path)).members("best")] == ["fold0_seed1", "fold1_seed1"]
+    assert len(ExperimentDir.open(str(tmp_path)).members("all")) == 5
+    assert [m.name for m in ExperimentDir.open(str(tmp_path)).members("fold1_seed0,fold0_seed2")] == ["fold1_seed0",
                                                                                          "fold0_seed2"]
     with pytest.raises(RootzoneError, match="fold2_seed0"):
-        find_members(str(tmp_path), "fold2_seed0")
+        ExperimentDir.open(str(tmp_path)).members("fold2_seed0")

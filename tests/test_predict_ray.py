@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def local_ray():
-    from rootzone.ensemble_ray import local_cluster_settings
+    from rootzone.ensemble.cluster import local_cluster_settings
 
     with local_cluster_settings():  # loopback only, like rootzone's own local instances
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -30,7 +30,7 @@ def local_ray():
 
 
 def test_ray_prediction_equals_local(tmp_path_factory, tmp_path, local_ray):
-    from ray_jobs.predict import run_distributed
+    from rootzone.predict.distributed import run_distributed
 
     exp = cached_experiment(tmp_path_factory)
     reference = xr.open_zarr(cached_prediction(tmp_path_factory, exp)).load()

@@ -78,7 +78,7 @@ def test_report_without_predictions_and_bad_basin(tmp_path_factory, tmp_path):
 
 def test_figure_names_never_collide_and_csv_cells_are_not_formulas():
     from rootzone.report import figure_stem
-    from rootzone.report_data import spreadsheet_safe
+    from rootzone.report.tables import spreadsheet_safe
 
     used: set[str] = set()
     ids = ["demo_0002", "a/b", "a_b", "A_B", "a b", "x" * 300, "=cmd", "é"]

@@ -231,7 +231,7 @@ def test_docs_explain_submitting_with_a_token_through_a_tunnel():
 # ---------------------------------------------------------------------------------------------- local Ray
 def test_private_token_file(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from rootzone.ensemble_ray import ensure_private_token
+    from rootzone.ensemble.cluster import ensure_private_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
@@ -256,7 +256,7 @@ def test_local_cluster_settings_are_undone(monkeypatch):
     pytest.importorskip("ray")
     from ray._private import ray_constants
 
-    from rootzone import ensemble_ray
+    from rootzone.ensemble import cluster as ensemble_ray
 
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     monkeypatch.setattr(ensemble_ray, "ensure_private_token", lambda: None)
@@ -271,7 +271,7 @@ def test_local_cluster_settings_are_undone(monkeypatch):
 
 PROBE = r'''
 import json, os, sys
-from rootzone.ensemble_ray import connect
+from rootzone.ensemble.cluster import connect
 import ray
 
 def tree(root):

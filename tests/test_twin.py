@@ -15,7 +15,7 @@ def test_training_recovers_the_twin(tiny_store, tmp_path):
     trained = train_trial(Config(out=str(tmp_path / "t"), epochs=10, batches_per_epoch=2, **base))
 
     def nse(m, target):
-        return m["splits"]["test"][target]["median"]["nse"]
+        return m.splits["test"][target]["median"]["nse"]
 
     # Q, ET and TWSA start far from the truth and must improve by a clear margin; the snow routine's
     # initial parameters already give a good SWE (NSE ~0.86 untrained), so there training must not hurt it.
@@ -23,6 +23,6 @@ def test_training_recovers_the_twin(tiny_store, tmp_path):
         assert nse(trained, target) > nse(untrained, target) + 0.03, target
     assert nse(trained, "swe") > max(nse(untrained, "swe"), 0.8)
     assert nse(trained, "q") > 0.8 and nse(trained, "twsa") > 0.8
-    assert trained["truth_recovery"]["smax_rmse"] < untrained["truth_recovery"]["smax_rmse"]
-    assert trained["best_validation_loss"] < 0.7 * untrained["best_validation_loss"]
-    assert np.isfinite(list(trained["smax_mean"].values())).all()
+    assert trained.truth_recovery["smax_rmse"] < untrained.truth_recovery["smax_rmse"]
+    assert trained.best_validation_loss < 0.7 * untrained.best_validation_loss
+    assert np.isfinite(list(trained.smax_mean.values())).all()

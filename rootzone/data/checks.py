@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rootzone.errors import RootzoneError
+from rootzone.errors import InputDataError  # defined in rootzone.errors; still importable from here
 
 NEGATIVE_TOLERANCE = 0.1  # mm/d: precipitation, PET or ET down to -0.1 are rounding noise, set to 0
 KELVIN_MEDIAN = 150.0  # °C: a median daily mean temperature above this is Kelvin, not Celsius
@@ -29,10 +29,6 @@ UNIT_ALIASES: dict[str, dict[str, float]] = {
     "mm": {"mm": 1.0, "cm": 10.0, "m": 1000.0, "kg m-2": 1.0, "kg/m2": 1.0},
     "m2/m2": {"m2/m2": 1.0, "m2 m-2": 1.0, "m^2/m^2": 1.0, "1": 1.0, "-": 1.0, "": 1.0},
 }
-
-
-class InputDataError(RootzoneError):
-    """Input data that cannot become a store: missing, malformed or physically impossible."""
 
 
 @dataclass

@@ -27,16 +27,18 @@ import xarray as xr
 from rootzone.config import Config
 from rootzone.data.folds import FoldSplit
 from rootzone.data.schema import (
-    MONTHLY_TARGET_UNITS,
     REQUIRED_FORCING,
+    daily_targets,
     forcing_names,
+    monthly_targets,
+    stack_forcing,
     store_reads,
     store_where,
+    target,
     target_names,
 )
 from rootzone.errors import RootzoneError
 
-PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
 STD_FLOOR = 1e-6
 BLOCK_CACHE = 2  # decoded basin blocks kept in memory
 
@@ -74,6 +76,20 @@ class Normaliser:
     static_std: np.ndarray
     static_min: np.ndarray = field(default_factory=lambda: np.zeros(0))
     static_max: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def dynamic(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Normalised dynamic inputs [B, T, V] (float32, ``dynamic_names`` order) from per-variable [B, T]
+        arrays in physical units (extra entries are ignored)."""
+        return np.stack([(arrays[v] - m) / s for v, m, s in zip(self.dynamic_names, self.dynamic_mean,
+                                                                 self.dynamic_std)], axis=-1).astype(np.float32)
+
+    def static(self, att: np.ndarray, names: list[str] | None = None) -> np.ndarray:
+        """Normalised attributes [B, K] (float32, ``static_names`` order) from ``att`` [B, N]: its columns are
+        ``names`` (any order, a superset is fine) or, when ``names`` is None, already ``static_names``."""
+        att = np.asarray(att, dtype=np.float64)
+        if names is not None:
+            att = att[:, [list(names).index(a) for a in self.static_names]]
+        return ((att - self.static_mean) / self.static_std).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
@@ -116,8 +132,9 @@ class StoreData:
         self.scale = self._target_scales()
         # month slot of every day on the store's time axis
         self.month_of_day = self.months.get_indexer(self.time.to_period("M").to_timestamp())
-        daily_targets = [t for t in self.targets if t not in MONTHLY_TARGET_UNITS]
-        self._daily_names = list(dict.fromkeys([*self.dynamic_names, *REQUIRED_FORCING, *daily_targets]
+        self._daily_targets = [t.name for t in daily_targets(self.targets)]
+        self._monthly_targets = [t.name for t in monthly_targets(self.targets)]
+        self._daily_names = list(dict.fromkeys([*self.dynamic_names, *REQUIRED_FORCING, *self._daily_targets]
                                                + (["lai"] if self.has_lai else [])))
         chunks = ds["precipitation"].chunks
         sizes = chunks[0] if chunks else (self.n_basins,)
@@ -146,7 +163,7 @@ class StoreData:
             att = self.ds["attributes"].sel(attribute=self.normaliser.static_names).values.astype(np.float64)
         if not np.isfinite(att).all():
             raise RootzoneError("the store's attributes contain NaN; fill or drop those basins/attributes")
-        return ((att - self.normaliser.static_mean) / self.normaliser.static_std).astype(np.float32)
+        return self.normaliser.static(att)
 
     def _target_scales(self) -> dict[str, np.ndarray]:
         """Per-basin variance of each target on training days (months for twsa), [n_basins]."""
@@ -154,7 +171,7 @@ class StoreData:
         month_train = self.split.month_mask("train", self.time, self.months)
         for t in self.targets:
             da = self.ds[t]
-            sel = da.isel(month=np.flatnonzero(month_train)) if t in MONTHLY_TARGET_UNITS \
+            sel = da.isel(month=np.flatnonzero(month_train)) if target(t).monthly \
                 else da.isel(time=self.train_days)
             with store_reads(self.where), warnings.catch_warnings():
                 # a basin without any observation of ``t`` has a NaN variance (it falls back to the median of
@@ -181,23 +198,20 @@ class StoreData:
         basins = np.sort(np.asarray(basins))
         stop = start + length
         arr = self._read(basins, slice(start, stop))
-        norm = self.normaliser
-        x_dyn = np.stack([(arr[v] - m) / s for v, m, s in zip(norm.dynamic_names, norm.dynamic_mean,
-                                                               norm.dynamic_std)], axis=-1)
-        lai = arr["lai"] if self.has_lai else np.zeros_like(arr["precipitation"])
-        forcing = np.stack([arr["precipitation"], arr["temperature"], arr["pet"], lai], axis=-1)
+        x_dyn = self.normaliser.dynamic(arr)
+        forcing = stack_forcing(arr)  # lai = 0 when the store has none
         # whole months inside the window
         slots = self.month_of_day[start:stop]
         uniq, counts = np.unique(slots, return_counts=True)
         days_in_month = self.months[uniq].days_in_month
         months = uniq[counts == days_in_month]
         day_month = np.where(np.isin(slots, months), np.searchsorted(months, slots), -1)
-        obs = {t: torch.from_numpy(arr[t]) for t in self.targets if t not in MONTHLY_TARGET_UNITS}
-        if "twsa" in self.targets:
-            obs["twsa"] = torch.from_numpy(np.ascontiguousarray(arr["twsa"][:, months]))
+        obs = {t: torch.from_numpy(arr[t]) for t in self._daily_targets}
+        for t in self._monthly_targets:
+            obs[t] = torch.from_numpy(np.ascontiguousarray(arr[t][:, months]))
         return Batch(
             basins=basins, start=start,
-            x_dynamic=torch.from_numpy(x_dyn.astype(np.float32)),
+            x_dynamic=torch.from_numpy(x_dyn),
             x_static=torch.from_numpy(self.static[basins]),
             forcing=torch.from_numpy(forcing), obs=obs,
             day_month=torch.from_numpy(day_month.astype(np.int64)), months=months,
@@ -209,7 +223,7 @@ class StoreData:
             self._blocks.move_to_end(index)
             return self._blocks[index]
         rows = slice(int(self.block_edges[index]), int(self.block_edges[index + 1]))
-        names = self._daily_names + (["twsa"] if "twsa" in self.targets else [])
+        names = self._daily_names + self._monthly_targets
         with store_reads(self.where):
             sub = self.ds[names].isel(basin=rows).compute()
         self._blocks[index] = {v: sub[v].values.astype(np.float32) for v in names}
@@ -224,7 +238,7 @@ class StoreData:
         for index in np.unique(block_of):
             block = self._block(int(index))
             rows = basins[block_of == index] - self.block_edges[index]
-            parts.append({v: a[rows] if v == "twsa" else a[rows, days] for v, a in block.items()})
+            parts.append({v: a[rows] if v in self._monthly_targets else a[rows, days] for v, a in block.items()})
         return {v: np.concatenate([p[v] for p in parts]) for v in parts[0]}
 
     def masks(self, batch: Batch, split: str, warmup: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -43,9 +43,77 @@ SCHEMA_KEY = DATA_STORE_KEY  # "rootzone_schema": the attribute that marks a sto
 
 FORCING_UNITS = {"precipitation": "mm/d", "temperature": "degC", "pet": "mm/d", "lai": "m2/m2"}
 REQUIRED_FORCING = ("precipitation", "temperature", "pet")
-DAILY_TARGET_UNITS = {"q": "mm/d", "et": "mm/d", "swe": "mm"}
-MONTHLY_TARGET_UNITS = {"twsa": "mm"}
-TARGET_UNITS = {**DAILY_TARGET_UNITS, **MONTHLY_TARGET_UNITS}
+# The forcing of the process model in the order of its [..., 4] input (DESIGN §4); lai is optional (0 if absent).
+PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One observed target: its store variable ``name``, ``cadence`` (daily on ``time``, monthly on
+    ``month``), ``units`` and ``output``, the :class:`rootzone.physics.equations.BucketOutputs` field it is
+    compared with. A monthly target is scored as anomalies of the monthly mean of ``output`` (DESIGN §6)."""
+
+    name: str
+    cadence: Literal["daily", "monthly"]
+    units: str
+    output: str  # BucketOutputs field: q, et, swe (= w), tws (= w + s + g)
+
+    @property
+    def monthly(self) -> bool:
+        return self.cadence == "monthly"
+
+    @property
+    def dims(self) -> tuple[str, str]:
+        """Dimensions of the target in a store."""
+        return ("basin", "month") if self.monthly else ("basin", "time")
+
+    def model_series(self, outputs: Any) -> Any:
+        """The daily model series ([B, T]) this target is compared with: field ``output`` of a BucketOutputs,
+        or entry ``output`` of a mapping (e.g. ensemble sums {"q": ..., "tws": ...})."""
+        if isinstance(outputs, Mapping):
+            return outputs[self.output]
+        return getattr(outputs, self.output)
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("q", "daily", "mm/d", "q"),
+    Target("et", "daily", "mm/d", "et"),
+    Target("swe", "daily", "mm", "swe"),
+    Target("twsa", "monthly", "mm", "tws"),
+)
+_BY_NAME = {t.name: t for t in TARGETS}
+TARGET_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+
+
+def target(name: str) -> Target:
+    """The :class:`Target` called ``name`` (KeyError naming the known ones otherwise)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown target {name!r} (known: {', '.join(TARGET_NAMES)})") from None
+
+
+def daily_targets(names: Iterable[str] | None = None) -> list[Target]:
+    """The daily targets, of ``names`` (in that order) or of the whole table."""
+    return [t for t in _targets(names) if not t.monthly]
+
+
+def monthly_targets(names: Iterable[str] | None = None) -> list[Target]:
+    """The monthly targets, of ``names`` (in that order) or of the whole table."""
+    return [t for t in _targets(names) if t.monthly]
+
+
+def _targets(names: Iterable[str] | None) -> list[Target]:
+    return list(TARGETS) if names is None else [target(n) for n in names]
+
+
+def is_monthly(name: str) -> bool:
+    return target(name).monthly
+
+
+DAILY_TARGET_UNITS = {t.name: t.units for t in TARGETS if not t.monthly}
+MONTHLY_TARGET_UNITS = {t.name: t.units for t in TARGETS if t.monthly}
+TARGET_UNITS = {t.name: t.units for t in TARGETS}
 DESCRIPTIONS = {
     "precipitation": "daily precipitation",
     "temperature": "daily mean air temperature",
@@ -58,6 +126,18 @@ DESCRIPTIONS = {
 }
 BASIN_CHUNK = 256  # basins per chunk
 TIME_CHUNK = 3653  # days per chunk (about ten years)
+
+
+def stack_forcing(arrays: Mapping[str, np.ndarray], dtype: Any = np.float32) -> np.ndarray:
+    """The physics forcing [B, T, 4] in :data:`PHYSICS_FORCING` order from per-variable [B, T] arrays
+    (physical units); ``lai`` is 0 where ``arrays`` has none. Extra entries of ``arrays`` are ignored."""
+    missing = [v for v in REQUIRED_FORCING if v not in arrays]
+    if missing:
+        raise KeyError(f"physics forcing {missing} missing (have {', '.join(arrays)})")
+    shape = np.shape(arrays["precipitation"])
+    columns = [np.asarray(arrays[v], dtype=dtype) if v in arrays else np.zeros(shape, dtype=dtype)
+               for v in PHYSICS_FORCING]
+    return np.stack(columns, axis=-1)
 
 
 def forcing_names(ds: xr.Dataset) -> list[str]:
@@ -91,7 +171,7 @@ def make_dataset(
                                   attrs={"units": FORCING_UNITS.get(name, "1"), "role": "forcing",
                                          "long_name": DESCRIPTIONS.get(name, name)})
     for name, arr in targets.items():
-        dims = ("basin", "month") if name in MONTHLY_TARGET_UNITS else ("basin", "time")
+        dims = target(name).dims
         data[name] = xr.DataArray(np.asarray(arr, dtype=np.float32), dims=dims,
                                   attrs={"units": TARGET_UNITS[name], "role": "target",
                                          "long_name": DESCRIPTIONS[name]})
@@ -151,9 +231,9 @@ def validate(ds: xr.Dataset, where: str = "store") -> None:
         if name in FORCING_UNITS:
             _check_units(ds[name], name, FORCING_UNITS[name], where)
     for name in target_names(ds):
-        want = ("basin", "month") if name in MONTHLY_TARGET_UNITS else ("basin", "time")
         if name not in TARGET_UNITS:
             raise StoreError(f"{where}: unknown target '{name}' (known: {', '.join(TARGET_UNITS)})")
+        want = target(name).dims
         if ds[name].dims != want:
             raise StoreError(f"{where}: target '{name}' must have dims {want}, has {ds[name].dims}")
         _check_units(ds[name], name, TARGET_UNITS[name], where)

@@ -48,21 +48,6 @@ def _compiled_step():
     return torch.compile(eq.bucket_step, dynamic=None, fullgraph=True)
 
 
-def _run_with_step(step, forcing: Tensor, params: Tensor, state0: Tensor) -> eq.BucketOutputs:
-    # separate [B] tensors, not views of one [3, B] buffer: the compiled step then sees the same kind of input
-    # on day 0 as on every later day (no aliasing guard, no recompile)
-    state = eq.BucketState(*(x.clone() for x in state0.unbind(0)))
-    p_all, t_all, pet_all, lai_all = forcing.unbind(-1)
-    outs = []
-    for day in range(forcing.shape[1]):
-        state, flux = step(state, p_all[:, day], t_all[:, day], pet_all[:, day], lai_all[:, day],
-                           params[:, day])
-        outs.append((flux.q, flux.et, state.w, state.s, state.g))
-    if not outs:  # T = 0
-        return eq.run_buckets(forcing, params, state0)
-    return eq.BucketOutputs(*(torch.stack(series, dim=1) for series in zip(*outs)))
-
-
 def run_physics(forcing: Tensor, params: Tensor, impl: str = "eager", state0: Tensor | None = None
                 ) -> eq.BucketOutputs:
     """Run the bucket model with a concrete implementation (see :func:`resolve`).
@@ -78,7 +63,7 @@ def run_physics(forcing: Tensor, params: Tensor, impl: str = "eager", state0: Te
     if impl == "eager":
         return eq.run_buckets(forcing, params, state0)
     if impl == "compiled":
-        return _run_with_step(_compiled_step(), forcing, params, eq.as_state0(state0, params))
+        return eq.run_buckets(forcing, params, state0, step=_compiled_step())
     if impl == "fused":
         from rootzone.physics.fused import run_buckets_fused
 

@@ -28,13 +28,14 @@ inside (eps, 1)), and the fused kernel uses the same, so gradients agree exactly
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 PARAM_NAMES: tuple[str, ...] = ("smax", "beta", "fm", "alpha", "lp", "ci", "fg", "kg")
-FORCING_NAMES: tuple[str, ...] = ("precipitation", "temperature", "pet", "lai")
+# forcing channels, in order: rootzone.data.schema.PHYSICS_FORCING (P, T, PET, LAI)
 
 T_SNOW = 0.0  # °C, rain/snow threshold and melt base temperature T_s
 TAU_SNOW = 1.0  # °C, width of the rain/snow transition τ
@@ -160,21 +161,27 @@ def bucket_step(
     return BucketState(w, s, g), BucketFluxes(q=q_surface + q_base, et=e_int + e_t)
 
 
-def run_buckets(forcing: Tensor, params: Tensor, state0: Tensor | BucketState | None = None) -> BucketOutputs:
-    """Run the bucket model over time (the eager reference).
+Step = Callable[[BucketState, Tensor, Tensor, Tensor, Tensor, Tensor], tuple[BucketState, BucketFluxes]]
+
+
+def run_buckets(forcing: Tensor, params: Tensor, state0: Tensor | BucketState | None = None,
+                step: Step = bucket_step) -> BucketOutputs:
+    """Run the bucket model over time: the one day loop (the eager reference with the default ``step``).
 
     forcing: [B, T, 4] = (P mm/d, T °C, PET mm/d, LAI m²/m²); params: [B, T, 8] physical units.
     state0: initial storages [3, B] = (W, S, G) in mm at the start of day 0 (a :class:`BucketState` works
     too); detached, so no gradient flows into it. ``None``: the legacy cold start (:func:`cold_state`).
+    step: the daily step, :func:`bucket_step` or a function with its signature (the compiled path passes
+    ``torch.compile(bucket_step)``).
     Returns BucketOutputs of [B, T] series (end-of-day storages).
     """
-    state = BucketState(*as_state0(state0, params).unbind(0))
+    # separate [B] tensors, not views of one [3, B] buffer: a compiled step then sees the same kind of input
+    # on day 0 as on every later day (no aliasing guard, no recompile)
+    state = BucketState(*(x.clone() for x in as_state0(state0, params).unbind(0)))
     outs: list[tuple[Tensor, ...]] = []
     p_all, t_all, pet_all, lai_all = forcing.unbind(-1)
     for day in range(forcing.shape[1]):
-        state, flux = bucket_step(
-            state, p_all[:, day], t_all[:, day], pet_all[:, day], lai_all[:, day], params[:, day]
-        )
+        state, flux = step(state, p_all[:, day], t_all[:, day], pet_all[:, day], lai_all[:, day], params[:, day])
         outs.append((flux.q, flux.et, state.w, state.s, state.g))
     if not outs:  # T = 0
         empty = forcing.new_empty((forcing.shape[0], 0), dtype=params.dtype)

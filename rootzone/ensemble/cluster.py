@@ -1,5 +1,6 @@
 """Ray plumbing for ensembles and tuning: connect (or start a local cluster), check resources, build the Tune
-trainable with its resources, and a Tuner that is new or restored."""
+trainable with its resources, run settings, restore and checkpoint pruning."""
+
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import importlib.util
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from rootzone.ensemble_store import ExperimentDir
-from rootzone.ensemble_trial import FAULT_ENV, trainable
+from rootzone.ensemble.settings import RaySettings
+from rootzone.ensemble.trainable import trainable
 from rootzone.errors import RootzoneError
+from rootzone.experiment import RAY, ExperimentDir
 
 # Ray's single-machine switch (default off on macOS and Windows): with it off, the node IP of a new local
 # instance stays 127.0.0.1, and Ray then binds every server (GCS, raylet, workers, agents) to loopback only.
@@ -150,9 +152,22 @@ def default_gpus_per_trial() -> float:
     return 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def make_trainable(base: dict[str, Any], exp: ExperimentDir, gpus: float, cpus: float, tag: bool = False):
-    fn = tune.with_parameters(trainable, base=base, exp_uri=exp.uri if not exp.local else exp.path,
-                              tag="tune" if tag else "", fault=os.environ.get(FAULT_ENV, ""))
+def start(settings: RaySettings) -> tuple[float, float]:
+    """Connect to (or start) the cluster of ``settings``, check the per-trial resources against it (unless
+    ``resource_check`` is off) and return the (GPUs, CPUs) of one trial."""
+    connect(settings.address)
+    gpus = default_gpus_per_trial() if settings.gpus_per_trial is None else settings.gpus_per_trial
+    if settings.resource_check:
+        check_resources(gpus, settings.cpus_per_trial)
+    return gpus, settings.cpus_per_trial
+
+
+def make_trainable(base: dict[str, Any], exp: ExperimentDir, gpus: float, cpus: float, tag: bool = False,
+                   wrap: Callable | None = None):
+    """The function trainable with its parameters and resources; ``wrap`` (tests) wraps it first."""
+    fn = trainable if wrap is None else wrap(trainable)
+    fn = tune.with_parameters(fn, base=base, exp_uri=exp.uri if not exp.local else exp.path,
+                              tag="tune" if tag else "")
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
 
 
@@ -175,22 +190,14 @@ def run_config(exp: ExperimentDir, name: str, max_failures: int, verbose: int = 
 
 def prune_checkpoints(exp: ExperimentDir, name: str) -> int:
     """Delete all but the newest Tune checkpoint of every trial of a finished experiment; returns how many."""
-    import pyarrow.fs as pafs
-
-    root = exp.join("ray", name)
-    if not exp.exists("ray", name):
-        return 0
     removed = 0
-    for trial in exp.fs.get_file_info(pafs.FileSelector(root)):
-        if trial.type != pafs.FileType.Directory:
-            continue
-        ckpts = sorted(i.path for i in exp.fs.get_file_info(pafs.FileSelector(trial.path))
-                       if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
-        for path in ckpts[:-1]:
-            exp.fs.delete_dir(path)
+    for trial in exp.subdirs(RAY, name):
+        ckpts = [d for d in exp.subdirs(RAY, name, trial) if d.startswith("checkpoint_")]
+        for ckpt in ckpts[:-1]:
+            exp.remove(RAY, name, trial, ckpt)
             removed += 1
     return removed
 
 
 def restorable(exp: ExperimentDir, name: str) -> bool:
-    return tune.Tuner.can_restore(exp.url("ray", name))
+    return tune.Tuner.can_restore(exp.url(RAY, name))

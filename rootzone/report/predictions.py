@@ -1,5 +1,5 @@
-"""Tables and aggregates behind ``rootzone report``: per-trial metrics from the trials' metrics.json, and
-basin-chunk-streamed summaries of a prediction store (never all basins' series in memory at once).
+"""Basin-chunk-streamed summaries of a prediction store for ``rootzone report`` (never all basins' series in
+memory at once).
 
 The *cross-validated ensemble series* of a basin is, on each day, the mean of the members whose test block
 (metrics.json ``years.test``) holds that day: out-of-sample everywhere, NaN on days no member tests (and in
@@ -8,92 +8,24 @@ the spin-up days ``in_warmup``).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from rootzone.data.schema import open_store
 from rootzone.errors import RootzoneError
-from rootzone.metrics import METRICS, basin_metrics
+from rootzone.experiment import TrialResult
+from rootzone.metrics import basin_metrics
 
 DAILY = {"q": "q", "et": "et", "swe": "swe"}  # target -> prediction variable
 SEASONAL_TARGETS = ("q", "et", "swe", "twsa")
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
 
 
-@dataclass
-class Trial:
-    name: str
-    fold: int
-    seed: int
-    metrics: dict
-
-
-def read_experiment(experiment: str) -> tuple[dict, list[Trial]]:
-    """experiment.json (empty dict when absent) and every trial with a metrics.json (sorted by fold, seed)."""
-    fs, root = fsspec.core.url_to_fs(experiment)
-    record = json.loads(fs.cat(f"{root}/experiment.json")) if fs.exists(f"{root}/experiment.json") else {}
-    trials = []
-    for path in fs.glob(f"{root}/trials/*/metrics.json"):
-        m = json.loads(fs.cat(path))
-        trials.append(Trial(path.rstrip("/").split("/")[-2], int(m["fold"]), int(m["seed"]), m))
-    if not trials:
-        raise RootzoneError(f"experiment '{experiment}' has no finished trial (trials/*/metrics.json)")
-    return record, sorted(trials, key=lambda t: (t.fold, t.seed))
-
-
-def metrics_table(trials: list[Trial]) -> pd.DataFrame:
-    """One row per fold, seed, basin, split, target with the columns of METRICS (like ensemble_metrics.csv)."""
-    rows = []
-    for t in trials:
-        for split, targets in t.metrics["splits"].items():
-            for target, entry in targets.items():
-                for basin, values in entry["basins"].items():
-                    rows.append({"fold": t.fold, "seed": t.seed, "member": t.name, "basin": basin,
-                                 "split": split, "target": target, **{m: values[m] for m in METRICS}})
-    return pd.DataFrame(rows)
-
-
-def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``table`` whose text cells (basin ids, ...) cannot be read as spreadsheet formulas: a cell that
-    starts with one of :data:`FORMULA_PREFIXES` gets a leading ``'`` (numeric columns are untouched)."""
-    out = table.copy()
-    for col in out.columns:
-        if not (pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col])):
-            continue
-        out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
-    return out
-
-
-def basin_table(table: pd.DataFrame, ensemble: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per basin and target on the test split: median over members of each metric (``member_<m>``), the number
-    of members, and (with predictions) the metrics of the cross-validated ensemble series (``ensemble_<m>``)."""
-    test = table[table["split"] == "test"]
-    out = test.groupby(["basin", "target"])[list(METRICS)].median().add_prefix("member_")
-    out["members"] = test.groupby(["basin", "target"]).size()
-    if ensemble is not None and len(ensemble):
-        out = out.join(ensemble.set_index(["basin", "target"]).add_prefix("ensemble_"), how="outer")
-    return out.reset_index()
-
-
-def representative_basins(basins: pd.DataFrame, n: int = 3) -> list[str]:
-    """Basins at the best, median and worst test NSE of Q (member median); the first ``n`` basins otherwise."""
-    q = basins[basins["target"] == "q"].dropna(subset=["member_nse"]).sort_values("member_nse")
-    ids = q["basin"].tolist()
-    if len(ids) <= n:
-        return ids or basins["basin"].drop_duplicates().tolist()[:n]
-    picks = [ids[-1], ids[len(ids) // 2], ids[0]] + ids[1 : n - 2] if n >= 3 else ids[-n:]
-    return list(dict.fromkeys(picks))[:n]
-
-
-# ---------------------------------------------------------------------------------------------- predictions
 @dataclass
 class PredictionSummary:
     """Aggregates of a prediction store (basins in store order)."""
@@ -116,14 +48,14 @@ def open_predictions(url: str) -> xr.Dataset:
     return pred
 
 
-def member_test_masks(pred: xr.Dataset, trials: list[Trial]) -> np.ndarray:
+def member_test_masks(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
     """[members, T] bool: the member's test years, outside the spin-up."""
     years = pd.DatetimeIndex(pred["time"].values).year
     by_name = {t.name: t for t in trials}
     masks = []
     for name in pred["member"].values:
         t = by_name.get(str(name))
-        test_years = t.metrics.get("years", {}).get("test", []) if t else []
+        test_years = t.metrics.years.get("test", []) if t else []
         masks.append(np.isin(years, test_years))
     return np.array(masks) & ~pred["in_warmup"].values[None, :]
 
@@ -166,7 +98,7 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def summarise_predictions(pred: xr.Dataset, trials: list[Trial], chunk: int | None = None) -> PredictionSummary:
+def summarise_predictions(pred: xr.Dataset, trials: list[TrialResult], chunk: int | None = None) -> PredictionSummary:
     """Stream over basin chunks of ``pred`` (and its source store's observations)."""
     obs_store = open_store(pred.attrs["source_store"])
     time = pd.DatetimeIndex(pred["time"].values)

@@ -15,7 +15,6 @@ S_max per basin from the predictions (time mean after spin-up of the ensemble me
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
 from pathlib import Path
@@ -23,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rootzone import report_data as rd
-from rootzone import report_figures as rf
 from rootzone.data.schema import open_store
 from rootzone.errors import RootzoneError
+from rootzone.experiment import ExperimentDir
 from rootzone.metrics import METRICS
+from rootzone.report import figures as rf
+from rootzone.report import predictions as rp
+from rootzone.report import tables as rt
 from rootzone.safety import atomic_write_text
 
 
@@ -39,19 +40,22 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RootzoneError(f"report folder '{out}' is a file; choose a folder")
-    record, trials = rd.read_experiment(experiment)
-    table = rd.metrics_table(trials)
-    pred = rd.open_predictions(predictions) if predictions else None
+    exp = ExperimentDir.open(experiment)
+    trials = exp.trials()
+    if not trials:
+        raise RootzoneError(f"experiment '{experiment}' has no finished trial (trials/*/metrics.json)")
+    table = rt.metrics_table(trials)
+    pred = rp.open_predictions(predictions) if predictions else None
     unknown = [b for b in basins or [] if pred is not None and b not in set(map(str, pred["basin"].values))]
     if unknown:
         raise RootzoneError(f"--basins: {unknown} are not in the predictions")
-    store_url = pred.attrs["source_store"] if pred is not None else record.get("store")
+    store_url = pred.attrs["source_store"] if pred is not None else exp.recorded_store()
     store = open_store(store_url) if store_url else None
-    summary = rd.summarise_predictions(pred, trials) if pred is not None else None
-    per_basin = rd.basin_table(table, summary.ensemble_metrics if summary else None)
+    summary = rp.summarise_predictions(pred, trials) if pred is not None else None
+    per_basin = rt.basin_table(table, summary.ensemble_metrics if summary else None)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(str(out / "metrics_members.csv"), rd.spreadsheet_safe(table).to_csv(index=False))
-    atomic_write_text(str(out / "metrics_basins.csv"), rd.spreadsheet_safe(per_basin).to_csv(index=False))
+    atomic_write_text(str(out / "metrics_members.csv"), rt.spreadsheet_safe(table).to_csv(index=False))
+    atomic_write_text(str(out / "metrics_basins.csv"), rt.spreadsheet_safe(per_basin).to_csv(index=False))
     figures: list[tuple[str, str]] = []
     skipped: list[str] = []
 
@@ -63,8 +67,8 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         ids, smax, spread = summary.basins, summary.smax, summary.smax_member_std
         source = "predictions: time mean after spin-up of the ensemble-mean S_max"
     else:
-        ids = sorted({b for t in trials for b in t.metrics.get("smax_mean", {})})
-        smax = np.array([np.nanmean([t.metrics["smax_mean"].get(b, np.nan) for t in trials]) for b in ids])
+        ids = sorted({b for t in trials for b in t.metrics.smax_mean})
+        smax = np.array([np.nanmean([t.metrics.smax_mean.get(b, np.nan) for t in trials]) for b in ids])
         spread, source = None, "mean over trials of each trial's whole-record mean S_max (metrics.json)"
     add(rf.smax_distribution(out / "smax_distribution.png", smax, spread), f"S_max across basins ({source}).")
     if store is not None:
@@ -84,7 +88,7 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
     else:
         skipped.append("S_max vs attributes, map, truth: experiment.json names no store")
     if summary is not None:
-        chosen = basins or rd.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]
+        chosen = basins or rt.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]
         used: set[str] = set()
         for b in dict.fromkeys(chosen):
             add(_hydrograph(out, pred, store, b, figure_stem("hydrograph", b, used)),
@@ -146,27 +150,3 @@ def _write_index(out: Path, experiment: str, predictions: str | None, table: pd.
         parts.append("<h2>Not drawn</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul>")
     atomic_write_text(str(out / "index.html"), "<!doctype html><html><head><meta charset='utf-8'><title>rootzone "
                       "report</title></head><body>" + "\n".join(parts) + "</body></html>\n")
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help="metrics tables and figures of an experiment (index.html)",
-        description="Write metrics tables (CSV) and PNG figures of an experiment folder, tied together by "
-                    "REPORT_DIR/index.html. Figures that need daily series (hydrographs, seasonal cycles, S_max "
-                    "dynamics) are drawn when --predictions names a complete store from `rootzone predict`.")
-    p.add_argument("--experiment", required=True, metavar="EXP", help="experiment folder (path or URL)")
-    p.add_argument("--predictions", metavar="PRED.zarr", help="prediction store from `rootzone predict`")
-    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="output folder")
-    p.add_argument("--basins", help="comma-separated basin ids for hydrographs (default: best, median and "
-                                    "worst test NSE of Q)")
-    p.set_defaults(func=run_report_command)
-
-
-def run_report_command(args: argparse.Namespace) -> None:
-    basins = [b.strip() for b in args.basins.split(",") if b.strip()] if args.basins else None
-    result = make_report(args.experiment, args.out, args.predictions, basins)
-    print(f"wrote {Path(args.out) / 'index.html'}: {len(result['figures'])} figures, "
-          f"{len(result['tables'])} tables")
-    for note in result["skipped"]:
-        print(f"report: not drawn: {note}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from typing import Any
 
 import numpy as np
@@ -19,59 +18,47 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from rootzone.config import Config
-from rootzone.data.loader import Normaliser
-from rootzone.ensemble_store import ExperimentDir, trial_name
+from rootzone.experiment import (
+    BEST_PT,
+    ENSEMBLE_CSV,
+    ENSEMBLE_PARQUET,
+    SUMMARY_JSON,
+    TRIALS,
+    ExperimentDir,
+    Member,
+    TrialResult,
+    load_member,
+    metrics_rows,
+)
 from rootzone.loss import anomalies, monthly_mean
 from rootzone.metrics import METRICS, basin_metrics, median_metrics
-from rootzone.predict import load_checkpoint_bytes
 
 COLUMNS = ["fold", "seed", "basin", "split", "target", *METRICS]
-TRIAL_RE = re.compile(r"^fold(\d+)_seed(\d+)$")
 
 
-def member_metrics(exp: ExperimentDir, folds: int, seeds: list[int]) -> tuple[dict[tuple[int, int], dict], list]:
-    """metrics.json of every (fold, seed) of the experiment that has one, and the names of those missing."""
-    found, missing = {}, []
-    for f in range(folds):
-        for s in seeds:
-            name = trial_name(f, s)
-            if exp.exists("trials", name, "metrics.json"):
-                found[(f, s)] = json.loads(exp.read_text("trials", name, "metrics.json"))
-            else:
-                missing.append(name)
-    return found, missing
+def metrics_table(trials: list[TrialResult]) -> pd.DataFrame:
+    """``EXP/ensemble_metrics.csv``: :func:`rootzone.experiment.metrics_rows` without the member name."""
+    return pd.DataFrame(metrics_rows(trials), columns=["member", *COLUMNS]).drop(columns="member")
 
 
-def metrics_table(members: dict[tuple[int, int], dict]) -> pd.DataFrame:
-    rows = []
-    for (fold, seed), m in sorted(members.items()):
-        for split, per_target in m["splits"].items():
-            for target, entry in per_target.items():
-                for basin, scores in entry["basins"].items():
-                    rows.append([fold, seed, basin, split, target, *(scores[k] for k in METRICS)])
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def ensemble_mean_scores(exp: ExperimentDir, store: str, members: dict[tuple[int, int], dict],
-                         device: str = "cpu", chunk: int = 256) -> dict[int, dict[str, dict[str, dict]]]:
+def ensemble_mean_scores(exp: ExperimentDir, trials: list[TrialResult], device: str = "cpu",
+                         chunk: int = 256) -> dict[int, dict[str, dict[str, dict]]]:
     """fold -> target -> basin -> metrics of the mean prediction of the fold's members on its test years."""
-    from rootzone.train import build
+    from rootzone.data.folds import temporal_fold
+    from rootzone.data.loader import StoreData
+    from rootzone.data.schema import open_store
 
+    store = exp.store
     out: dict[int, dict[str, dict[str, dict]]] = {}
-    for fold in sorted({f for f, _ in members}):
+    for fold in sorted({t.fold for t in trials}):
         built = []
-        for seed in sorted(s for f, s in members if f == fold):
-            path = exp.join("trials", trial_name(fold, seed), "best.pt")
-            with exp.fs.open_input_stream(path) as fh:
-                best = load_checkpoint_bytes(fh.read(), path)  # weights_only=True: a hostile file runs no code
-            values = {**best["config"], "store": store, "device": device, "progress": False}
-            if values.get("physics") == "fused" and device != "cuda":
-                values["physics"] = "auto"
-            data, model, dev = build(Config.from_dict(values), Normaliser.from_dict(best["normaliser"]))
-            model.load_state_dict(best["model"])
-            model.eval()
-            built.append((data, model, dev))
+        for t in sorted((t for t in trials if t.fold == fold), key=lambda t: t.seed):
+            member = Member(t.name, t.fold, t.seed, exp.url(TRIALS, t.name, BEST_PT), t.metrics.best_validation_loss)
+            lm = load_member(member, device, physics=None, store=store)  # the physics it was trained with
+            ds = open_store(store)
+            split = temporal_fold(ds.indexes["time"], lm.cfg.folds, lm.cfg.fold, lm.cfg.validation_years)
+            data = StoreData(ds, lm.cfg.replace(device=device, progress=False), split, lm.normaliser)
+            built.append((data, lm.model, torch.device(device)))
         out[fold] = _score_mean(built, chunk)
     return out
 
@@ -104,14 +91,15 @@ def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
     return per
 
 
-def summarise(members: dict[tuple[int, int], dict], mean_scores: dict | None, missing: list[str]) -> dict[str, Any]:
+def summarise(members: list[TrialResult], mean_scores: dict | None, missing: list[str]) -> dict[str, Any]:
     """Median test NSE/KGE per target across members (and across folds for the ensemble mean)."""
-    targets = sorted({t for m in members.values() for t in m["splits"]["test"]})
+    targets = sorted({t for m in members for t in m.metrics.targets("test")})
     summary: dict[str, Any] = {"members": {}, "ensemble_mean": {}, "n_members": len(members),
-                               "trials": [trial_name(f, s) for f, s in sorted(members)], "missing": missing}
+                               "trials": [m.name for m in sorted(members, key=lambda m: (m.fold, m.seed))],
+                               "missing": missing}
     for t in targets:
-        summary["members"][t] = {k: _nanmedian([m["splits"]["test"][t]["median"][k] for m in members.values()
-                                                if t in m["splits"]["test"]]) for k in ("nse", "kge")}
+        summary["members"][t] = {k: _nanmedian([m.metrics.median("test", t, k) for m in members
+                                                if t in m.metrics.targets("test")]) for k in ("nse", "kge")}
         if mean_scores:
             per_fold = [median_metrics(scores[t]) for scores in mean_scores.values() if t in scores]
             summary["ensemble_mean"][t] = {k: _nanmedian([p[k] for p in per_fold]) for k in ("nse", "kge")}
@@ -119,11 +107,11 @@ def summarise(members: dict[tuple[int, int], dict], mean_scores: dict | None, mi
 
 
 def write_outputs(exp: ExperimentDir, table: pd.DataFrame, summary: dict[str, Any]) -> None:
-    exp.write_text(table.to_csv(index=False), "ensemble_metrics.csv")
+    exp.write_text(table.to_csv(index=False), ENSEMBLE_CSV)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
-    exp.write_bytes(buf.getvalue(), "ensemble_metrics.parquet")
-    exp.write_text(json.dumps(summary, indent=1, allow_nan=True), "summary.json")
+    exp.write_bytes(buf.getvalue(), ENSEMBLE_PARQUET)
+    exp.write_text(json.dumps(summary, indent=1, allow_nan=True), SUMMARY_JSON)
 
 
 def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console | None = None) -> None:

@@ -8,9 +8,7 @@ counter continues where the checkpoint left it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -25,18 +23,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from rootzone.config import Config
-from rootzone.ensemble_store import ExperimentDir, trial_name
 from rootzone.errors import RootzoneError
+from rootzone.experiment import BEST_PT, CONFIG_TOML, LAST_PT, TRIALS, ExperimentDir, TrialMetrics, trial_name
 from rootzone.train import EpochReport, train_trial
 
-CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
-# Test hook: "fold0_seed1:2" makes that trial's worker process die (os._exit) during epoch 2, after the
-# epoch trained but before it is reported -- once, on its first attempt (a marker file in the run dir).
-FAULT_ENV = "ROOTZONE_FAULT_INJECT"
-FAULT_MARKER = ".fault_injected"
+CHECKPOINT_FILES = (LAST_PT, BEST_PT)
 
 
-def trainable(config: dict[str, Any], base: dict[str, Any], exp_uri: str, tag: str = "", fault: str = "") -> None:
+def trainable(config: dict[str, Any], base: dict[str, Any], exp_uri: str, tag: str = "") -> None:
     """Tune function trainable. ``config`` holds ``fold``, ``seed`` and any searched Config fields;
     ``base`` is the experiment's base config dict; ``tag`` (tuning) makes run directories unique per trial."""
     fold, seed = int(config["fold"]), int(config["seed"])
@@ -67,7 +61,6 @@ def trainable(config: dict[str, Any], base: dict[str, Any], exp_uri: str, tag: s
     last: dict[str, Any] = {}
 
     def on_epoch(r: EpochReport) -> None:
-        _maybe_fail(fault, name, r.epoch, out)
         metrics = {"fold": fold, "seed": seed, "epoch": r.epoch, "train_loss": r.train_loss,
                    "validation_loss": r.validation_loss, "best_validation_loss": r.best_validation_loss,
                    "validation_unweighted": _mean(r.validation_parts), "epoch_seconds": r.seconds,
@@ -82,42 +75,35 @@ def trainable(config: dict[str, Any], base: dict[str, Any], exp_uri: str, tag: s
 
     result = train_trial(cfg, on_epoch=on_epoch, resume=resume)
     if not exp.local:
-        exp.upload(out, "trials", name)
+        exp.upload(out, TRIALS, name)
     tune.report({**last, **_final_report(result)})
 
 
-def _final_report(result: dict[str, Any]) -> dict[str, Any]:
-    final = {"fold": result["fold"], "seed": result["seed"], "epoch": result["epochs_run"], "trial_done": True,
-             "best_epoch": result["best_epoch"], "best_validation_loss": result["best_validation_loss"]}
-    for target, entry in result["splits"]["test"].items():
-        final[f"test_nse_{target}"] = entry["median"]["nse"]
-        final[f"test_kge_{target}"] = entry["median"]["kge"]
+def _final_report(result: TrialMetrics) -> dict[str, Any]:
+    final = {"fold": result.fold, "seed": result.seed, "epoch": result.epochs_run, "trial_done": True,
+             "best_epoch": result.best_epoch, "best_validation_loss": result.best_validation_loss}
+    for target in result.targets("test"):
+        final[f"test_nse_{target}"] = result.median("test", target, "nse")
+        final[f"test_kge_{target}"] = result.median("test", target, "kge")
     return final
 
 
-def _finished_metrics(exp: ExperimentDir, name: str, cfg: Config) -> dict[str, Any] | None:
+def _finished_metrics(exp: ExperimentDir, name: str, cfg: Config) -> TrialMetrics | None:
     """metrics.json of this trial when it already finished with the same config, else None."""
-    if not (exp.exists("trials", name, "metrics.json") and exp.exists("trials", name, "config.toml")):
+    if not exp.exists(TRIALS, name, CONFIG_TOML):
         return None
     try:
-        done_cfg = Config.from_dict(tomllib.loads(exp.read_text("trials", name, "config.toml")))
-        metrics = json.loads(exp.read_text("trials", name, "metrics.json"))
-    except (RootzoneError, ValueError):  # unreadable or from an older rootzone: train again
+        done = exp.trial(name)
+        done_cfg = Config.from_dict(tomllib.loads(exp.read_text(TRIALS, name, CONFIG_TOML)))
+    except (RootzoneError, ValueError, KeyError):  # unreadable or from an older rootzone: train again
+        return None
+    if done is None:
         return None
     same = {k: v for k, v in done_cfg.to_dict().items() if k not in ("progress", "out")} == \
         {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "out")}
-    return metrics if same else None
+    return done.metrics if same else None
 
 
 def _mean(parts: dict[str, float]) -> float:
     vals = [v for v in parts.values() if math.isfinite(v)]
     return sum(vals) / len(vals) if vals else math.nan
-
-
-def _maybe_fail(fault: str, name: str, epoch: int, out: Path) -> None:
-    if not fault:
-        return
-    target, _, at = fault.partition(":")
-    if target == name and epoch == int(at or 1) and not (out / FAULT_MARKER).exists():
-        (out / FAULT_MARKER).write_text(f"worker killed during epoch {epoch}\n")
-        os._exit(17)

@@ -1,4 +1,4 @@
-"""``rootzone data …`` verbs."""
+"""``rootzone data …``: demo, caravan, import-pickle, info."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import argparse
 from rootzone.errors import RootzoneError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(parent: argparse._SubParsersAction) -> None:
+    data = parent.add_parser("data", help="build, import and inspect rootzone Zarr stores",
+                             description="Build, import and inspect rootzone Zarr stores.")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     p = sub.add_parser(
         "demo", help="write the synthetic twin-experiment store (the embedded default data)",
         description="Write a synthetic twin-experiment store: random basin attributes, seasonal forcing, "

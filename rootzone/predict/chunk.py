@@ -1,0 +1,111 @@
+"""One chunk of basins: every member on it, written into its region of the prediction store."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import zarr
+
+from rootzone.data.schema import open_store
+from rootzone.device import select_device
+from rootzone.experiment import LoadedMember, load_member
+from rootzone.predict import store as st
+from rootzone.predict.store import ChunkResult, PredictionJob
+
+
+def _outside_range(att: np.ndarray, names: list[str], loaded: list[LoadedMember]) -> np.ndarray:
+    """[B, A] bool: attribute outside the training min..max of any member (A = ``names``)."""
+    out = np.zeros(att.shape, dtype=bool)
+    for lm in loaded:
+        norm = lm.normaliser
+        if len(norm.static_min) != len(norm.static_names):  # checkpoints without the range
+            continue
+        idx = [names.index(a) for a in norm.static_names]
+        tol = 1e-6 * np.maximum(np.abs(norm.static_min), np.abs(norm.static_max)) + 1e-12
+        x = att[:, idx]
+        out[:, idx] |= (x < norm.static_min - tol) | (x > norm.static_max + tol)
+    return out
+
+
+def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | None = None) -> ChunkResult:
+    """Run every member on chunk ``index`` of basins and write its region of the output store."""
+    t0 = time.perf_counter()
+    device = select_device(job.device)
+    loaded = loaded or [load_member(m, device, job.physics) for m in job.members]
+    lo, hi = job.bounds(index)
+    ds = open_store(job.store)
+    window = ds[job.inputs].isel(basin=slice(lo, hi)).compute()
+    arr = {v: window[v].values.astype(np.float32) for v in job.inputs}  # [B, T]
+    att = ds["attributes"].isel(basin=slice(lo, hi)).sel(attribute=job.attributes).values.astype(np.float64)
+    counts = np.stack([(~np.isfinite(arr[v])).sum(axis=1) for v in job.inputs]
+                      + [(~np.isfinite(att)).sum(axis=1)], axis=1).astype(np.int32)  # [B, inputs + 1]
+    invalid = counts.sum(axis=1) > 0
+    ids = [str(b) for b in window["basin"].values]
+    reasons = {ids[i]: ", ".join(f"{n}: {c} NaN/inf" for n, c in zip([*job.inputs, "attributes"], counts[i]) if c)
+               for i in np.flatnonzero(invalid)}
+    for v in arr:  # invalid basins run on zeros; their outputs are overwritten with NaN below
+        arr[v][invalid] = 0.0
+    att[invalid] = 0.0
+    outside = _outside_range(att, job.attributes, loaded) & ~invalid[:, None]
+    b, t = hi - lo, next(iter(arr.values())).shape[1]
+    forcing = torch.from_numpy(np.stack([arr["precipitation"], arr["temperature"], arr["pet"],
+                                         arr["lai"] if "lai" in arr else np.zeros((b, t), np.float32)], -1))
+    group = zarr.open_group(job.out, mode="r+", use_consolidated=False)
+    mean = {v: np.zeros((b, t)) for v in job.variables}
+    m2 = {v: np.zeros((b, t)) for v in job.variables}
+    for k, lm in enumerate(loaded):
+        series = _run_member(lm, arr, att, job.attributes, forcing, device)
+        member = job.members.index(lm.member)
+        for v in job.variables:
+            x = series[v]
+            x[invalid] = np.nan
+            group[v][member, lo:hi, :] = x.astype(np.float32)
+            delta = x - mean[v]  # Welford's update over members, float64
+            mean[v] += delta / (k + 1)
+            m2[v] += delta * (x - mean[v])
+    for v in job.variables:
+        group[f"{v}_mean"][lo:hi, :] = mean[v].astype(np.float32)
+        group[f"{v}_std"][lo:hi, :] = np.sqrt(m2[v] / len(loaded)).astype(np.float32)
+    group["invalid_values"][lo:hi, :] = counts
+    group["invalid_inputs"][lo:hi] = invalid
+    group["attribute_outside_range"][lo:hi, :] = outside
+    group["outside_training_range"][lo:hi] = outside.any(axis=1)
+    return ChunkResult(index, reasons, time.perf_counter() - t0)
+
+
+def _run_member(lm: LoadedMember, arr: dict[str, np.ndarray], att: np.ndarray, att_names: list[str],
+                forcing: torch.Tensor, device: torch.device) -> dict[str, np.ndarray]:
+    """One member on one chunk: normalise with its saved statistics, run, return float64 [B, T] series."""
+    norm = lm.normaliser
+    x_dyn = np.stack([(arr[v] - m) / s for v, m, s in zip(norm.dynamic_names, norm.dynamic_mean,
+                                                           norm.dynamic_std)], axis=-1).astype(np.float32)
+    idx = [att_names.index(a) for a in norm.static_names]
+    x_stat = ((att[:, idx] - norm.static_mean) / norm.static_std).astype(np.float32)
+    with torch.inference_mode():
+        out = lm.model(torch.from_numpy(x_dyn).to(device), torch.from_numpy(x_stat).to(device), forcing.to(device))
+        bk = out.buckets
+        series = {"smax": out.params[..., 0], "s": bk.s, "w": bk.w, "g": bk.g, "q": bk.q, "et": bk.et,
+                  "swe": bk.w, "tws": bk.tws}
+        return {k: v.double().cpu().numpy() for k, v in series.items()}
+
+
+def _device(name: str) -> torch.device:
+    from rootzone.train import select_device
+
+    return select_device(name)
+
+def report_invalid(result: ChunkResult) -> None:
+    for basin, reason in result.invalid.items():
+        print(f"predict: basin {basin} skipped, invalid inputs ({reason}); its outputs are NaN")
+
+
+def record_chunk(job: PredictionJob, result: ChunkResult, invalid: dict[str, str]) -> int:
+    """After chunk ``result.index`` is written: mark it done (the driver only), report and collect its skipped
+    basins; returns its number of basins (for the progress bar)."""
+    st.mark_done(job, result.index)
+    report_invalid(result)
+    invalid.update(result.invalid)
+    lo, hi = job.bounds(result.index)
+    return hi - lo

@@ -1,0 +1,49 @@
+"""Tables behind ``rootzone report``: per-trial metrics from the trials' metrics.json (read through
+:class:`rootzone.experiment.ExperimentDir`), per-basin summaries, and spreadsheet-safe CSV cells."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from rootzone.experiment import TrialResult, metrics_rows
+from rootzone.metrics import METRICS
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def metrics_table(trials: list[TrialResult]) -> pd.DataFrame:
+    """One row per fold, seed, member, basin, split, target with the columns of METRICS (like
+    ensemble_metrics.csv, plus the member name)."""
+    return pd.DataFrame(metrics_rows(trials))
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells (basin ids, ...) cannot be read as spreadsheet formulas: a cell that
+    starts with one of :data:`FORMULA_PREFIXES` gets a leading ``'`` (numeric columns are untouched)."""
+    out = table.copy()
+    for col in out.columns:
+        if not (pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col])):
+            continue
+        out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+    return out
+
+
+def basin_table(table: pd.DataFrame, ensemble: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per basin and target on the test split: median over members of each metric (``member_<m>``), the number
+    of members, and (with predictions) the metrics of the cross-validated ensemble series (``ensemble_<m>``)."""
+    test = table[table["split"] == "test"]
+    out = test.groupby(["basin", "target"])[list(METRICS)].median().add_prefix("member_")
+    out["members"] = test.groupby(["basin", "target"]).size()
+    if ensemble is not None and len(ensemble):
+        out = out.join(ensemble.set_index(["basin", "target"]).add_prefix("ensemble_"), how="outer")
+    return out.reset_index()
+
+
+def representative_basins(basins: pd.DataFrame, n: int = 3) -> list[str]:
+    """Basins at the best, median and worst test NSE of Q (member median); the first ``n`` basins otherwise."""
+    q = basins[basins["target"] == "q"].dropna(subset=["member_nse"]).sort_values("member_nse")
+    ids = q["basin"].tolist()
+    if len(ids) <= n:
+        return ids or basins["basin"].drop_duplicates().tolist()[:n]
+    picks = [ids[-1], ids[len(ids) // 2], ids[0]] + ids[1 : n - 2] if n >= 3 else ids[-n:]
+    return list(dict.fromkeys(picks))[:n]
