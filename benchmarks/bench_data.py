@@ -25,7 +25,6 @@ from child import run_child
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 COLUMNS = ("total_precipitation_sum", "temperature_2m_mean", "potential_evaporation_sum_ERA5_LAND",
            "potential_evaporation_sum_FAO_PENMAN_MONTEITH", "snow_depth_water_equivalent_mean",
            "surface_pressure_mean", "dewpoint_temperature_2m_mean", "streamflow")
@@ -108,14 +107,17 @@ def loader_throughput(store: Path, batches: int, batch_size: int, seq_len: int) 
     data = StoreData(ds, cfg, temporal_fold(ds.indexes["time"], cfg.folds, cfg.fold, cfg.validation_years))
     setup = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    t0, days, nbytes = time.perf_counter(), 0, 0
-    for _ in range(batches):
-        basins, start, length = data.sample_window(rng, "train")
-        batch = data.load(basins, start, length)
-        days += batch.forcing.shape[0] * batch.forcing.shape[1]
-        nbytes += batch_bytes(batch)
+    t0, days, nbytes, done, epochs = time.perf_counter(), 0, 0, 0, 0
+    while done < batches:  # whole training epochs (one pass over the basins each), at least ``batches`` batches
+        for basins, start, length in data.epoch(rng):
+            batch = data.load(basins, start, length)
+            days += batch.forcing.shape[0] * batch.forcing.shape[1]
+            nbytes += batch_bytes(batch)
+            done += 1
+        epochs += 1
     wall = time.perf_counter() - t0
-    return {"setup_s": round(setup, 2), "batches": batches, "batch_basins": batch_size, "seq_len": seq_len,
+    return {"setup_s": round(setup, 2), "batches": done, "epochs": epochs, "batch_basins": batch_size,
+            "seq_len": seq_len,
             "batches_per_s": round(batches / wall, 2), "basin_days_per_s": round(days / wall),
             "mb_per_s": round(nbytes / wall / 2**20, 1)}
 
@@ -172,7 +174,9 @@ def main() -> None:
         "notes": "peak_rss_mb is the build process's own maximum resident set (os.wait4), Python + torch "
                  "import included; build_s includes process start-up (~4 s). The tree has 64 distinct basin "
                  "files copied for the other basins, so store_mb (compressed) is smaller than for real data. The "
-                 "loader runs in its own process too (loader.peak_rss_mb: its maximum resident set, torch "
+                 "loader reads whole training epochs (StoreData.epoch: every basin once, batches drawn from "
+                 "across the store, each batch its own window) and runs in its own process too "
+                 "(loader.peak_rss_mb: its maximum resident set, torch "
                  "import and the decoded block cache included); mb_per_s counts the float32 tensors handed "
                  "to the model per second (inputs, forcing, targets).",
         "loader_target_basin_days_per_s": 5_000_000,

@@ -51,7 +51,6 @@ def wait_all(procs: list[subprocess.Popen]) -> None:
 
 
 def make_store(path: Path, basins: int, years: int) -> None:
-    sys.path.insert(0, str(REPO))
     from rootzone.data.demo import build_demo
     from rootzone.data.schema import write_store
 

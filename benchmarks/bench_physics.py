@@ -17,6 +17,13 @@ The training step: nn.LSTM (hidden 128) over [forcing, 12 static attributes], a 
 config.DEFAULT_PARAM_RANGES, the buckets, an MSE loss on q, backward and an Adam step; against the same LSTM
 and head with the loss on the head output. The LSTM runs in fp32 or under bf16 autocast; the physics is fp32.
 
+The spin-up pass (``spinup_share`` rows): what training's no-grad whole-record pass
+(rootzone.evaluation.record_pass: the network over a record of ``--record-days`` days, the storages spun up by
+cycling its first year, at most ``spinup_cycles`` = 10 cycles, then the physics over the record) costs as a
+share of one epoch (one training step of ``--seq-len`` days, forward+backward+Adam, per ``batch`` basins), for
+the same basins, with rootzone.model.HybridModel (hidden 128) and each physics implementation. With
+``spinup_refresh`` = k the pass costs share / k of the training time.
+
 Every run starts from given initial storages ``state0`` [3, B] (:func:`initial_storages`: fixed, plausible
 values, as a spin-up would give; the spin-up itself is not timed), as the model runs them.
 
@@ -52,7 +59,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 if "--interpret" in sys.argv:  # must precede the first import of triton kernels
     os.environ["TRITON_INTERPRET"] = "1"
@@ -265,6 +271,43 @@ def bench_train(model: str, b: int, t: int, precision: str, device: torch.device
     return {**row, "seconds": seconds, "basin_days_per_s": b * t / seconds, "peak_mem_bytes": peak}
 
 
+def bench_spinup_share(impl: str, b: int, record_days: int, seq_len: int, device: torch.device, args) -> dict:
+    """Seconds of the whole-record pass of ``b`` basins against one epoch over them (one batch of ``b``)."""
+    from rootzone.config import Config
+    from rootzone.model import HybridModel
+
+    torch.manual_seed(0)
+    cfg = Config(hidden_size=128, physics=impl)
+    model = HybridModel(4, N_STATIC, cfg, impl).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forcing, _ = make_inputs(b, record_days, device)
+    x_dyn = torch.randn(b, record_days, 4, device=device)
+    x_stat = torch.randn(b, N_STATIC, device=device)
+    cycles = []
+
+    def record_pass() -> None:
+        model.eval()
+        _, spun = model.run_record(x_dyn, x_stat, forcing, cfg.spinup_cycles)
+        cycles.append(spun.cycles)
+
+    window = (x_dyn[:, :seq_len].contiguous(), x_stat, forcing[:, :seq_len].contiguous())
+    state0 = torch.zeros(3, b, device=device)
+    target = torch.rand(b, seq_len, device=device)
+
+    def train_step() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        ((model(*window, state0).buckets.q - target) ** 2).mean().backward()
+        opt.step()
+
+    pass_s, _ = timed(record_pass, device, args.min_time, max(1, args.max_reps // 4))
+    step_s, _ = timed(train_step, device, args.min_time, args.max_reps)
+    return {"kind": "spinup_share", "impl": impl, "mode": f"record {record_days} d / epoch of {seq_len}-d windows",
+            "B": b, "T": record_days, "seconds": pass_s, "basin_days_per_s": b * record_days / pass_s,
+            "peak_mem_bytes": None, "epoch_seconds": step_s, "share_of_epoch": pass_s / step_s,
+            "spinup_cycles": max(cycles)}
+
+
 def environment(device: torch.device) -> dict:
     try:
         import triton
@@ -312,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", help="comma list of BxT for the physics rows, replacing the grid (e.g. 2048x730)")
     ap.add_argument("--train-size", default=None, help="BxT of the training-step rows (default 2048x730; "
                                                          "--quick: the largest quick B x the smallest T)")
+    ap.add_argument("--record-days", type=int, default=None, help="days of the record in the spin-up pass rows "
+                                                                   "(default 5475 = 15 years; --quick: 1825)")
+    ap.add_argument("--seq-len", type=int, default=730, help="training window (days) of the spin-up share rows")
     ap.add_argument("--no-check", action="store_true", help="skip the fused-vs-float64 checks")
     ap.add_argument("--tune", help="comma list of BxT at which to sweep the fused kernels' launch configs "
                                    "(--tune-blocks x --tune-stages); CUDA or --interpret")
@@ -355,7 +401,15 @@ def main(argv: list[str] | None = None) -> None:
             for model in ["lstm", *[i for i in impls if i != "fused-tm"]]:
                 rows.append(bench_train(model, b, t, precision, device, args))
                 print(json.dumps(rows[-1]), flush=True)
+        record_days = args.record_days or (1825 if args.quick else 5475)
+        for impl in [i for i in impls if i != "fused-tm" and (i != "fused" or device.type == "cuda")]:
+            rows.append(bench_spinup_share(impl, b, record_days, args.seq_len, device, args))
+            print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
+    for r in rows:
+        if r["kind"] == "spinup_share":
+            print(f"spin-up pass ({r['impl']}, {r['B']} basins x {r['T']} d, {r['spinup_cycles']} cycles): "
+                  f"{r['seconds']:.2f} s = {r['share_of_epoch']:.2f} x one epoch ({r['epoch_seconds']:.2f} s)")
     out = Path(args.out or ROOT / "benchmarks" / "results" /
                f"physics_{device.type}_{'quick' if args.quick else 'full'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

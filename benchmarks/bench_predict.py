@@ -28,7 +28,6 @@ from child import run_child
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def make_store(url: str, n_basins: int, years: int, block: int = 256) -> None:

@@ -22,15 +22,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Physical range (low, high) of each learned bucket parameter (DESIGN §4); the network output is squashed
-# into it by a sigmoid.
+# Physical range (low, high) of each learned bucket parameter (DESIGN §4, docs/model.md); the network output is
+# squashed into it by a sigmoid. alpha <= 1 (transpiration never above PET) and ci <= 0.5 mm per unit LAI
+# (literature ~0.1-0.3) keep these two from compensating for S_max (science review m1).
 DEFAULT_PARAM_RANGES: dict[str, tuple[float, float]] = {
     "smax": (10.0, 2000.0),
     "beta": (0.1, 6.0),
     "fm": (0.0, 10.0),
-    "alpha": (0.0, 1.5),
+    "alpha": (0.0, 1.0),
     "lp": (0.05, 1.0),
-    "ci": (0.0, 2.0),
+    "ci": (0.0, 0.5),
     "fg": (0.0, 1.0),
     "kg": (1e-4, 0.5),
 }
@@ -51,14 +52,16 @@ class Config:
     folds: int = 5  # k of the temporal k-fold (blocks of whole years)
     fold: int = 0  # which fold is the test block, 0 <= fold < folds
     seed: int = 0
-    validation_years: int = 1  # years taken from the training blocks for early stopping
+    # years taken from the training blocks for early stopping; 0 = 2 when the record allows (every fold keeps a
+    # training year), else 1 (data/folds.py auto_validation_years); n >= 1 = exactly n (refused if too short)
+    validation_years: int = 0
     inputs: list[str] = field(default_factory=lambda: ["precipitation", "temperature", "pet", "lai"])
     attributes: list[str] = field(default_factory=list)  # empty = every attribute in the store
     targets: list[str] = field(default_factory=lambda: list(TARGETS))  # missing ones are skipped
     target_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TARGETS})
     # model
     hidden_size: int = 128
-    dropout: float = 0.1
+    dropout: float = 0.0  # one mask per sequence; > 0 shifts a window's storage level (see README)
     forget_bias: float = 3.0
     param_mode: str = "dynamic"  # dynamic: LSTM gives daily parameters; static: MLP on attributes
     param_ranges: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PARAM_RANGES))
@@ -68,17 +71,23 @@ class Config:
     precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
     epochs: int = 20
-    batches_per_epoch: int = 8
+    batches_per_epoch: int = 0  # 0 = an epoch is one pass over the training basins; n > 0 caps it at n batches
     batch_size: int = 64  # basins per batch
     batches_per_block: int = 16  # consecutive batches drawn from one decoded chunk of basins (I/O locality)
     seq_len: int = 730  # days per training window, warm-up included
     warmup_days: int = 365  # days at the start of every run excluded from the loss
+    spinup_cycles: int = 10  # at most this many cycles of a record's first year to spin up the storages
+    spinup_refresh: int = 1  # epochs between no-grad passes that refresh the stored daily storages
+    smax_smoothness: float = 0.0  # weight of a penalty on day-to-day change of log S_max (0 = off)
+    min_obs: int = 10  # fewer observations of a target in a basin and split: not scored (NaN, counted)
     lr: float = 5e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     patience: int = 8  # epochs without validation improvement before stopping
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads, 0 = torch default
+    # torch CPU threads; 0 = the CPUs this process may use (affinity, cgroup quota, or the CPUs Ray assigned to
+    # the trial: device.default_threads), not torch's machine-wide default
+    threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -94,7 +103,7 @@ class Config:
 
         need(self.folds >= 2, "folds", "must be >= 2")
         need(0 <= self.fold < self.folds, "fold", f"must be in [0, folds-1] = [0, {self.folds - 1}]")
-        need(self.validation_years >= 1, "validation_years", "must be >= 1")
+        need(self.validation_years >= 0, "validation_years", "must be >= 0 (0 = 2 when the record allows)")
         need(self.hidden_size >= 1, "hidden_size", "must be >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.param_mode in PARAM_MODES, "param_mode", f"must be one of {PARAM_MODES}")
@@ -102,7 +111,12 @@ class Config:
         need(self.precision in PRECISION_CHOICES, "precision", f"must be one of {PRECISION_CHOICES}")
         need(self.device in DEVICE_CHOICES, "device", f"must be one of {DEVICE_CHOICES}")
         need(self.epochs >= 1, "epochs", "must be >= 1")
-        need(self.batches_per_epoch >= 1, "batches_per_epoch", "must be >= 1")
+        need(self.batches_per_epoch >= 0, "batches_per_epoch", "must be >= 0 (0 = one pass over the basins)")
+        need(self.spinup_cycles >= 1, "spinup_cycles", "must be >= 1")
+        need(self.spinup_refresh >= 1, "spinup_refresh", "must be >= 1")
+        need(self.smax_smoothness >= 0 and math.isfinite(self.smax_smoothness), "smax_smoothness",
+             "must be a finite number >= 0")
+        need(self.min_obs >= 1, "min_obs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.batches_per_block >= 1, "batches_per_block", "must be >= 1")
         need(self.warmup_days >= 0, "warmup_days", "must be >= 0")

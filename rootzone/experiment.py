@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
+from rich.console import Console
 
 import rootzone
 from rootzone.config import Config
@@ -403,14 +404,17 @@ class ExperimentDir:
         m = TrialMetrics.from_json(self.read_text(TRIALS, name, METRICS_JSON))
         return TrialResult(name, m.fold, m.seed, m)
 
-    def members(self, which: str = "best") -> list[Member]:
-        """Members of the experiment (see the module docstring for ``which``)."""
+    def members(self, which: str = "best", console: Console | None = None) -> list[Member]:
+        """Members of the experiment (see the module docstring for ``which``). Unfinished trials (no best.pt
+        + metrics.json) are skipped, each with a line on ``console`` (default: a rich Console on stdout)."""
         if not self.exists(TRIALS):
             raise RootzoneError(f"experiment '{self.uri}' has no trials/ folder (run `rootzone ensemble` first)")
         finished: list[Member] = []
         for name in self.trial_dirs():
             if not (self.exists(TRIALS, name, BEST_PT) and self.exists(TRIALS, name, METRICS_JSON)):
-                print(f"predict: skipping trial {name} (no best.pt + metrics.json: not finished)")
+                (console or Console()).print(
+                    f"predict: skipping trial {name} (no best.pt + metrics.json: not finished)",
+                    markup=False, highlight=False, soft_wrap=True)
                 continue
             m = TrialMetrics.from_json(self.read_text(TRIALS, name, METRICS_JSON))
             finished.append(Member(name, m.fold, m.seed, self.url(TRIALS, name, BEST_PT), m.best_validation_loss))

@@ -1,23 +1,39 @@
 """Skill metrics per basin (DESIGN §6): NSE, KGE with its parts (r, alpha, beta), bias and RMSE.
 
-All functions take simulated and observed arrays [N] (one basin, scored entries; NaN in ``obs`` = missing)
-and return floats (NaN when fewer than two observations). For anomalies (TWSA), whose means are zero by
-construction, ``beta`` is undefined (NaN) and KGE uses only its r and alpha terms.
+:func:`basin_metrics` takes simulated and observed arrays [N] (one basin, scored entries; NaN in ``obs`` =
+not observed or not scored) and returns the skill metrics (:data:`METRICS`) plus the counts
+(:data:`BASIN_COUNTS`): ``n_obs``, the observed entries, and ``n_sim_nonfinite``, the observed entries where
+the simulation is not finite. A basin is scored only when it has at least ``max(2, min_obs)`` observations and
+a finite simulation on every one of them; otherwise all its metrics are NaN (and the counts say why). A
+constant simulation against varying observations has r = 0 (a poor score, not NaN). For anomalies (TWSA),
+whose means are zero by construction, ``beta`` is undefined (NaN) and KGE uses only its r and alpha terms.
+
+:func:`median_metrics` gives the median over the scored basins of each metric together with how many basins
+it covers (``n_basins``) and how many were left out and why (:data:`MEDIAN_COUNTS`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+# Skill metrics (table columns); the counts are separate so that tables keep these columns only.
 METRICS = ("nse", "kge", "r", "alpha", "beta", "bias", "rmse")
+BASIN_COUNTS = ("n_obs", "n_sim_nonfinite")
+MEDIAN_COUNTS = ("n_basins", "n_excluded_few_obs", "n_excluded_sim_nonfinite", "n_excluded_constant_obs")
 
 
-def basin_metrics(sim: np.ndarray, obs: np.ndarray, anomaly: bool = False) -> dict[str, float]:
-    ok = np.isfinite(obs) & np.isfinite(sim)
-    if ok.sum() < 2:
-        return {m: float("nan") for m in METRICS}
+def basin_metrics(sim: np.ndarray, obs: np.ndarray, anomaly: bool = False, min_obs: int = 1) -> dict[str, float]:
+    """Metrics of one basin; NaN metrics (with counts) when it has fewer than ``max(2, min_obs)`` observations
+    or a non-finite simulation on an observed entry."""
+    sim, obs = np.asarray(sim), np.asarray(obs)
+    observed = np.isfinite(obs)
+    n_obs = int(observed.sum())
+    bad = int((observed & ~np.isfinite(sim)).sum())
+    counts = {"n_obs": n_obs, "n_sim_nonfinite": bad}
+    if bad or n_obs < max(2, min_obs):
+        return {**{m: float("nan") for m in METRICS}, **counts}
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # degenerate cases give NaN/inf quietly
-        return _scores(sim[ok], obs[ok], anomaly)
+        return {**_scores(sim[observed], obs[observed], anomaly), **counts}
 
 
 def _scores(sim: np.ndarray, obs: np.ndarray, anomaly: bool) -> dict[str, float]:
@@ -26,7 +42,10 @@ def _scores(sim: np.ndarray, obs: np.ndarray, anomaly: bool) -> dict[str, float]
     var_o = np.var(o)
     nse = 1 - np.mean(err**2) / var_o if var_o > 0 else float("nan")
     std_s, std_o = np.std(s), np.std(o)
-    r = float(np.corrcoef(s, o)[0, 1]) if std_s > 0 and std_o > 0 else float("nan")
+    if std_o > 0:
+        r = float(np.corrcoef(s, o)[0, 1]) if std_s > 0 else 0.0  # a constant simulation explains nothing
+    else:
+        r = float("nan")  # constant observations: no skill can be measured
     alpha = std_s / std_o if std_o > 0 else float("nan")
     mean_o = np.mean(o)
     beta = np.mean(s) / mean_o if mean_o != 0 and not anomaly else float("nan")
@@ -36,10 +55,30 @@ def _scores(sim: np.ndarray, obs: np.ndarray, anomaly: bool) -> dict[str, float]
             "bias": float(np.mean(err)), "rmse": float(np.sqrt(np.mean(err**2)))}
 
 
+def _status(b: dict[str, float]) -> str:
+    if b.get("n_sim_nonfinite", 0):
+        return "n_excluded_sim_nonfinite"
+    if not np.isfinite(b.get("rmse", np.nan)):
+        return "n_excluded_few_obs"
+    if not np.isfinite(b.get("nse", np.nan)):
+        return "n_excluded_constant_obs"
+    return "n_basins"
+
+
 def median_metrics(per_basin: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Median over basins of each metric (NaN-aware)."""
-    out = {}
+    """Median over the scored basins of each metric, with the counts of :data:`MEDIAN_COUNTS`: ``n_basins``
+    (basins the medians cover), ``n_excluded_few_obs`` (fewer observations than the minimum),
+    ``n_excluded_sim_nonfinite`` (a non-finite simulation on an observed entry) and ``n_excluded_constant_obs``
+    (observations without variance: NSE, r and KGE undefined)."""
+    counts = dict.fromkeys(MEDIAN_COUNTS, 0)
+    scored = []
+    for b in per_basin.values():
+        status = _status(b)
+        counts[status] += 1
+        if status == "n_basins":
+            scored.append(b)
+    out: dict[str, float] = {}
     for m in METRICS:
-        vals = np.array([b[m] for b in per_basin.values()], dtype=np.float64)
+        vals = np.array([b[m] for b in scored], dtype=np.float64)
         out[m] = float(np.nanmedian(vals)) if np.isfinite(vals).any() else float("nan")
-    return out
+    return {**out, **counts}

@@ -7,6 +7,14 @@ space, ``low * (high / low) ** sigmoid(x)``, the others linearly, ``low + (high 
     params, forcing [B, L, 4] ──buckets──► q, et, w (= SWE), s, g [B, L]; tws = w + s + g
 
 ``param_mode="static"`` replaces the LSTM by an MLP on the attributes (parameters constant in time).
+
+Dropout (DESIGN §5, review M4) never makes the parameters jitter from day to day: in dynamic mode one mask per
+sequence (drawn once per basin, constant over the days of the window), in static mode dropout acts on the
+[B, H] MLP output before it is spread over the days.
+
+Initial storages: ``forward(..., state0=...)`` passes the bucket storages [3, B] (W, S, G mm) at the start of
+the window's first day to the physics (no gradient through them). Only the buckets are carried: the LSTM
+always starts from a zero hidden state, which is why windows keep a warm-up.
 With ``precision="bf16"`` the network runs under bf16 autocast on CUDA (on CPU it stays float32: CPU bf16
 LSTM kernels are missing or slow on most CPUs); the physics always runs in float32.
 """
@@ -20,7 +28,10 @@ from torch import Tensor, nn
 
 from rootzone.config import Config
 from rootzone.physics.dispatch import resolve, run_physics
-from rootzone.physics.equations import PARAM_NAMES, BucketOutputs
+from rootzone.physics.equations import PARAM_NAMES, BucketOutputs, Spinup, spinup
+
+SPINUP_DAYS = 365  # a record's storages are spun up by cycling its first year
+SPINUP_TOL_MM = 1.0  # ... until no storage changes by this much (mm) per cycle
 
 
 class ModelOutput(NamedTuple):
@@ -66,11 +77,19 @@ class HybridModel(nn.Module):
             if self.cfg.param_mode == "dynamic":
                 static = x_static[:, None, :].expand(-1, x_dynamic.shape[1], -1)
                 hidden, _ = self.lstm(torch.cat([x_dynamic, static], dim=-1))
-            else:
-                hidden = self.mlp(x_static)[:, None, :].expand(-1, x_dynamic.shape[1], -1)
-            raw = self.head(self.dropout(hidden))
+                hidden = self._sequence_dropout(hidden)
+            else:  # dropout on [B, H] before the expand: the parameters stay constant over days
+                hidden = self.dropout(self.mlp(x_static))[:, None, :].expand(-1, x_dynamic.shape[1], -1)
+            raw = self.head(hidden)
         squashed = self.param_low + self.param_span * torch.sigmoid(raw.float())
         return torch.where(self.param_log, squashed.exp(), squashed)
+
+    def _sequence_dropout(self, hidden: Tensor) -> Tensor:
+        """Dropout of [B, L, H] with one mask per sequence (the same units dropped on every day)."""
+        if not self.training or self.dropout.p == 0:
+            return hidden
+        mask = self.dropout(hidden.new_ones(hidden.shape[0], 1, hidden.shape[2]))  # 0 or 1/(1-p)
+        return hidden * mask
 
     @property
     def physics_impl(self) -> str:
@@ -81,6 +100,28 @@ class HybridModel(nn.Module):
         """The implementation :attr:`physics` stands for on ``device``."""
         return self.physics if self.physics != "auto" else resolve("auto", device)
 
-    def forward(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor) -> ModelOutput:
+    def forward(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor, state0: Tensor | None = None
+                ) -> ModelOutput:
+        """Parameters and bucket outputs. ``state0``: storages [3, B] (W, S, G mm) at the start of day 0 of
+        the window (moved to the forcing's device; no gradient); None is the physics' legacy cold start."""
         params = self.parameters_from(x_dynamic, x_static)
-        return ModelOutput(params, run_physics(forcing.float(), params, self.implementation(forcing.device)))
+        if state0 is not None:
+            state0 = state0.to(forcing.device, torch.float32)
+        return ModelOutput(params, run_physics(forcing.float(), params, self.implementation(forcing.device),
+                                               state0))
+
+    @torch.no_grad()
+    def run_record(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor, spinup_cycles: int = 10
+                   ) -> tuple[ModelOutput, Spinup]:
+        """A whole record from spun-up storages (DESIGN §4; no gradient): the network runs over the record
+        from its first day (zero LSTM state), the storages at the start of day 0 are spun up by cycling the
+        first ``SPINUP_DAYS`` days with the parameters the network predicts for them (until they change by
+        less than ``SPINUP_TOL_MM`` per cycle, at most ``spinup_cycles`` cycles), then the physics runs the
+        whole record from them. The initial S therefore does not hinge on the first day's S_max."""
+        params = self.parameters_from(x_dynamic, x_static)
+        forcing = forcing.float()
+        impl = self.implementation(forcing.device)
+        days = min(SPINUP_DAYS, forcing.shape[1])
+        spun = spinup(forcing[:, :days].contiguous(), params[:, :days].contiguous(), impl, spinup_cycles,
+                      SPINUP_TOL_MM)
+        return ModelOutput(params, run_physics(forcing, params, impl, spun.state)), spun

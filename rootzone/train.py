@@ -8,6 +8,16 @@ written atomically (a kill mid-write keeps the previous file) and loaded with ``
 ``rootzone train`` also locks the run directory, refuses one that already holds a run unless ``--resume``
 (which checks that the store and config are the recorded ones) or ``--overwrite`` (which removes only the
 files above) is given.
+
+Initial storages (DESIGN §4, review W1): no window starts cold. The trial keeps the current model's daily
+storages from a no-grad pass over the whole record of every basin (:func:`rootzone.evaluation.record_pass`,
+which spins up each record's storages by cycling its first year with the parameters the network predicts for
+it), refreshed every ``spinup_refresh`` epochs (before the first epoch, and after a resume); each training or
+validation window starts from the stored storages at the start of its first day. The buckets are carried, the
+LSTM is not: its hidden state is zero at every window start, and the first ``warmup_days`` of a window (which
+let it settle) stay out of the loss. The same pass gives the TWSA reference levels (review M1: model and
+observed monthly storage re-centred on their means over the observed training months of the whole record).
+The stored states cost 3 float32 per basin-day on the CPU (10k basins × 15k days: 1.8 GB).
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rootzone import loss as loss_module
 from rootzone.config import Config
 from rootzone.data.folds import temporal_fold
 from rootzone.data.loader import Normaliser, StoreData
 from rootzone.data.schema import REQUIRED_FORCING, check_forcing_finite, open_store
-from rootzone.device import seed_everything, select_device
+from rootzone.device import seed_everything, select_device, set_threads
 from rootzone.errors import RootzoneError
-from rootzone.evaluation import evaluate_record, truth_recovery
+from rootzone.evaluation import RecordPass, evaluate_record, record_pass, truth_recovery
 from rootzone.experiment import (
     BEST_PT,
     CONFIG_TOML,
@@ -45,7 +56,6 @@ from rootzone.experiment import (
     TrialMetrics,
     short,
 )
-from rootzone.loss import hybrid_loss
 from rootzone.model import HybridModel
 from rootzone.physics import dispatch
 from rootzone.progress import progress_bar
@@ -101,19 +111,34 @@ def _write_text(path: Path, text: str) -> None:
         raise RootzoneError(f"cannot write {path}: {exc.strerror or short(exc)}") from None
 
 
-def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device) -> tuple[torch.Tensor, dict]:
+def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device, record: RecordPass | None = None,
+             penalty: bool = False) -> tuple[torch.Tensor, dict]:
+    """Loss of one batch. ``record``: start from its stored storages and re-centre TWSA on its reference
+    levels (None: the legacy cold start and per-window re-centring). ``penalty``: add the S_max smoothness
+    penalty (training only) when ``cfg.smax_smoothness`` > 0."""
+    cfg = data.cfg
+    state0 = None if record is None else record.state0(batch.basins, batch.start).to(device)
+    twsa_ref = None if record is None else record.reference(batch.basins)
     batch = batch.to(device)
     day_mask, month_mask = (m.to(device) for m in data.masks(batch, split, warmup))
-    out = model(batch.x_dynamic, batch.x_static, batch.forcing)
+    out = model(batch.x_dynamic, batch.x_static, batch.forcing, state0)
     scale = {t: torch.as_tensor(data.scale[t][batch.basins], dtype=torch.float32, device=device)
              for t in batch.obs}
-    return hybrid_loss(out.buckets, batch.obs, day_mask, month_mask, batch.day_month, scale,
-                       data.cfg.target_weights)
+    total, parts = loss_module.hybrid_loss(out.buckets, batch.obs, day_mask, month_mask, batch.day_month, scale,
+                                           cfg.target_weights, twsa_ref)
+    smoothness = getattr(loss_module, "smax_smoothness_penalty", None)
+    if penalty and cfg.smax_smoothness > 0 and smoothness is not None:
+        pen = smoothness(out.params[..., 0])
+        total = total + cfg.smax_smoothness * pen
+        parts = {**parts, "smax_smoothness": float(pen.detach())}
+    return total, parts
 
 
-def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out: dict | None = None) -> float:
-    """Loss on the validation years for all basins, from a window that starts ``warmup_days`` earlier.
-    ``parts_out`` (if given) receives the unweighted loss of each target (comparable across target weights)."""
+def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out: dict | None = None,
+                    record: RecordPass | None = None) -> float:
+    """Loss on the validation years for all basins, from a window that starts ``warmup_days`` earlier (from
+    ``record``'s stored storages of that day when given). ``parts_out`` (if given) receives the unweighted loss
+    of each target (comparable across target weights)."""
     cfg = data.cfg
     days = np.flatnonzero(data.split.masks["validation"])
     start = max(0, int(days[0]) - cfg.warmup_days)
@@ -124,7 +149,7 @@ def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out:
         for lo in range(0, data.n_basins, chunk):
             basins = np.arange(lo, min(lo + chunk, data.n_basins))
             batch = data.load(basins, start, int(days[-1]) + 1 - start)
-            loss, parts = _loss_on(model, data, batch, "validation", warmup, device)
+            loss, parts = _loss_on(model, data, batch, "validation", warmup, device, record)
             total += float(loss) * len(basins)
             weight += len(basins)
             if parts_out is not None:
@@ -134,6 +159,24 @@ def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out:
         for k in parts_out:
             parts_out[k] /= weight
     return total / weight
+
+
+def epoch_windows(data: StoreData, rng: np.random.Generator, max_batches: int):
+    """The windows (basins, start, length) of one epoch: ``StoreData.epoch`` (every training basin once) when
+    the loader has it, else ``max_batches`` (0: enough for the basins once) windows of ``sample_window``."""
+    if hasattr(data, "epoch"):
+        yield from data.epoch(rng, max_batches=max_batches)
+        return
+    for _ in range(n_epoch_batches(data, max_batches)):
+        yield data.sample_window(rng)
+
+
+def n_epoch_batches(data: StoreData, max_batches: int) -> int:
+    """Batches of one epoch (for the progress bar)."""
+    if hasattr(data, "n_batches"):
+        return int(data.n_batches(max_batches))
+    one_pass = max(1, math.ceil(data.n_basins / max(1, data.cfg.batch_size)))
+    return min(one_pass, max_batches) if max_batches > 0 else one_pass
 
 
 @dataclass
@@ -164,6 +207,19 @@ class Trial:
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.last_path, self.best_path = self.out / LAST_PT, self.out / BEST_PT
         self.state = TrainingState()
+        self.record: RecordPass | None = None  # stored storages of the current model (refresh_states)
+        self.record_epoch = -1  # epochs done when ``record`` was computed
+
+    def refresh_states(self, force: bool = False) -> RecordPass:
+        """The no-grad whole-record pass (spun-up storages of every basin-day, TWSA reference levels) when none
+        is kept yet or ``spinup_refresh`` epochs have passed since the kept one."""
+        epoch = self.state.epoch
+        if force or self.record is None or epoch - self.record_epoch >= self.cfg.spinup_refresh:
+            self.record = record_pass(self.model, self.data, self.device)
+            self.record_epoch = epoch
+            self.log.info("stored states refreshed before epoch %d: %d spin-up cycles, %.1fs", epoch + 1,
+                          self.record.spinup_cycles, self.record.seconds)
+        return self.record
 
     def set_up(self, data: StoreData, model: HybridModel, device: torch.device, rng: np.random.Generator) -> None:
         self.data, self.model, self.device, self.rng = data, model, device, rng
@@ -198,28 +254,31 @@ class Trial:
         return True
 
     def train_epoch(self, bar, task) -> tuple[float, dict[str, float]]:
-        """One epoch of ``batches_per_epoch`` random windows; mean loss and mean loss parts."""
+        """One epoch (every training basin once, at most ``batches_per_epoch`` batches when > 0), each window
+        started from the stored storages; mean loss and mean loss parts."""
         cfg, data = self.cfg, self.data
+        record = self.refresh_states()
         self.model.train()
-        losses, parts_sum = [], {}
-        for _ in range(cfg.batches_per_epoch):
-            basins, start, length = data.sample_window(self.rng)
+        losses, parts_list = [], []
+        for basins, start, length in epoch_windows(data, self.rng, cfg.batches_per_epoch):
             batch = data.load(basins, start, length)
-            loss, parts = _loss_on(self.model, data, batch, "train", min(cfg.warmup_days, length - 1), self.device)
+            loss, parts = _loss_on(self.model, data, batch, "train", min(cfg.warmup_days, length - 1), self.device,
+                                   record, penalty=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             losses.append(float(loss.detach()))
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.batches_per_epoch
+            parts_list.append(parts)
             bar.update(task, advance=1, description=f"epoch {self.state.epoch + 1} loss {losses[-1]:.3f}")
-        return float(np.mean(losses)), parts_sum
+        parts_sum = {k: float(np.mean([p[k] for p in parts_list if k in p]))
+                     for k in dict.fromkeys(k for p in parts_list for k in p)}
+        return float(np.mean(losses)) if losses else math.nan, parts_sum
 
     def validate(self) -> tuple[float, dict[str, float]]:
         """Validation loss (and its unweighted parts); counts the epoch and updates early stopping."""
         parts: dict[str, float] = {}
-        val = validation_loss(self.model, self.data, self.device, parts_out=parts)
+        val = validation_loss(self.model, self.data, self.device, parts_out=parts, record=self.refresh_states())
         self.state.epoch += 1
         if not math.isfinite(val):
             raise RootzoneError(f"validation loss became {val} at epoch {self.state.epoch}; lower lr")
@@ -245,8 +304,8 @@ class Trial:
     def run_epochs(self, on_epoch: Callable[[EpochReport], None] | None) -> None:
         cfg, s = self.cfg, self.state
         with progress_bar(cfg.progress) as bar:
-            task = bar.add_task("training", total=cfg.epochs * cfg.batches_per_epoch,
-                                completed=s.epoch * cfg.batches_per_epoch)
+            per_epoch = n_epoch_batches(self.data, cfg.batches_per_epoch)
+            task = bar.add_task("training", total=cfg.epochs * per_epoch, completed=s.epoch * per_epoch)
             while s.epoch < cfg.epochs and s.bad_epochs < cfg.patience:
                 t0 = time.perf_counter()
                 train_loss, parts = self.train_epoch(bar, task)
@@ -271,6 +330,8 @@ class Trial:
             raise RootzoneError(f"cannot load {self.best_path}: it does not fit this model ({short(exc)})") from None
         data, cfg, s = self.data, self.cfg, self.state
         record = evaluate_record(self.model, data, self.device)
+        self.log.info("evaluation from spun-up storages: at most %d spin-up cycles, %d basins not converged to "
+                      "1 mm", record.spinup_cycles, record.spinup_unconverged)
         return TrialMetrics(fold=cfg.fold, seed=cfg.seed, folds=cfg.folds, best_epoch=s.best_epoch,
                             epochs_run=s.epoch, best_validation_loss=s.best, years=data.split.to_dict(),
                             splits=record.scores,
@@ -286,8 +347,7 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
     continues from ``cfg.out/checkpoint.pt`` when it exists.
     """
     out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)  # 0 = the CPUs this process may use (its affinity, cgroup quota or Ray's share)
     rng = seed_everything(cfg.seed)
     data, model, device = build(cfg)
     check_training_data(data, f"store '{cfg.store}'")

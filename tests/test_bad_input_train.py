@@ -213,7 +213,8 @@ def test_b11_basin_without_observations_trains_quietly(stores, tmp_path, capsys)
     out = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, _, err = train(capsys, str(path), out)
+        # min_obs=2: this 4-year store has only 5 training months of TWSA, fewer than the default 10
+        code, _, err = train(capsys, str(path), out, "--set", "min_obs=2")
     assert code == 0, err
     assert "Warning" not in err and "invalid value" not in err
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]

@@ -23,7 +23,7 @@ def test_train_end_to_end(tiny_store, tmp_path, capsys):
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["fold"] == 1 and metrics["seed"] == 4 and metrics["epochs_run"] == 2
     for split in ("train", "validation", "test"):
-        assert set(metrics["splits"][split]) == {"q", "et", "swe", "twsa"}
+        assert set(metrics["splits"][split]) == {"q", "et", "swe", "twsa", "twsa_seasonal", "twsa_interannual"}
         assert len(metrics["splits"][split]["q"]["basins"]) == 6
     assert metrics["splits"]["test"]["q"]["median"]["nse"] > -10
     assert "smax_pearson_r" in metrics["truth_recovery"]

@@ -170,18 +170,8 @@ def test_selection_period_and_chunks(tmp_path, capsys, monkeypatch):
         "write",
         lambda self, block, start: (sizes.append(block.sizes["basin"]), real_write(self, block, start)),
     )
-    code, _, err = run(
-        capsys,
-        "data",
-        "caravan",
-        tmp_path / "c",
-        tmp_path / "s.zarr",
-        "--source",
-        "camels",
-        "--chunk-basins",
-        "3",
-        "--quiet",
-    )
+    code, _, err = run(capsys, "data", "caravan", tmp_path / "c", tmp_path / "s.zarr", "--source", "camels",
+                       "--chunk-basins", "3", "--quiet")
     assert code == 0, err
     ds = open_store(str(tmp_path / "s.zarr"))
     assert list(ds.basin.values) == [f"camels_{i:04d}" for i in range(4)]
@@ -193,20 +183,8 @@ def test_selection_period_and_chunks(tmp_path, capsys, monkeypatch):
     assert ds.precipitation.encoding["chunks"][0] == 3
     # --basins FILE, in any order; --start/--end
     (tmp_path / "basins.txt").write_text("# my basins\nlamah_0003\ncamels_0001\n")
-    code, _, err = run(
-        capsys,
-        "data",
-        "caravan",
-        tmp_path / "c",
-        tmp_path / "sel.zarr",
-        "--basins",
-        tmp_path / "basins.txt",
-        "--start",
-        "2000-02-01",
-        "--end",
-        "2000-12-31",
-        "--quiet",
-    )
+    code, _, err = run(capsys, "data", "caravan", tmp_path / "c", tmp_path / "sel.zarr", "--basins",
+                       tmp_path / "basins.txt", "--start", "2000-02-01", "--end", "2000-12-31", "--quiet")
     assert code == 0, err
     sel = open_store(str(tmp_path / "sel.zarr"))
     assert list(sel.basin.values) == ["camels_0001", "lamah_0003"] and sel.sizes["time"] == 335

@@ -118,8 +118,10 @@ def check_table(exp: Path, folds: int, seeds: int) -> pd.DataFrame:
     table = pd.read_parquet(exp / "ensemble_metrics.parquet")
     assert set(map(tuple, table[["fold", "seed"]].drop_duplicates().values)) == \
         {(f, s) for f in range(folds) for s in range(seeds)}
-    # 3 basins × 3 splits × 4 targets per member, no duplicates
-    assert len(table) == folds * seeds * 3 * 3 * 4
+    # 3 basins × 3 splits × every target per member (q, et, swe, twsa, twsa_seasonal, twsa_interannual),
+    # no duplicates
+    assert set(table["target"]) == {"q", "et", "swe", "twsa", "twsa_seasonal", "twsa_interannual"}
+    assert len(table) == folds * seeds * 3 * 3 * 6
     assert not table.duplicated(["fold", "seed", "basin", "split", "target"]).any()
     csv = pd.read_csv(exp / "ensemble_metrics.csv")
     assert len(csv) == len(table)
@@ -200,7 +202,7 @@ def test_job_submit_runs_ensemble(ray_head, small_store, tmp_path):
     assert status == JobStatus.SUCCEEDED, f"{status}\n{client.get_job_logs(sid)[-3000:]}\n{done.stderr[-2000:]}"
     check_table(exp, folds=2, seeds=2)
     summary = json.loads((exp / "summary.json").read_text())
-    assert set(summary["ensemble_mean"]) == {"q", "et", "swe", "twsa"}
+    assert set(summary["ensemble_mean"]) == {"q", "et", "swe", "twsa", "twsa_seasonal", "twsa_interannual"}
     assert "ens. mean NSE" in client.get_job_logs(sid)
 
 

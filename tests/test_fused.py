@@ -409,9 +409,9 @@ def test_op_rejects_bad_inputs():
 
 
 def test_cuda_never_falls_back_to_cpu(monkeypatch):
-    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "triton_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs triton"):
-        fused._use_triton(torch.device("cuda"))
+        fused.uses_triton(torch.device("cuda"))
 
 
 def test_dispatch_fused():

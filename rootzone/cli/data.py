@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rootzone.cli.options import add_out_store, add_verb
 from rootzone.errors import RootzoneError
 
 
@@ -11,23 +12,19 @@ def register(parent: argparse._SubParsersAction) -> None:
     data = parent.add_parser("data", help="build, import and inspect rootzone Zarr stores",
                              description="Build, import and inspect rootzone Zarr stores.")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    p = sub.add_parser(
-        "demo", help="write the synthetic twin-experiment store (the embedded default data)",
-        description="Write a synthetic twin-experiment store: random basin attributes, seasonal forcing, "
-                    "targets made by the process model with known parameters (stored as true_*), with "
-                    "observation noise and gaps.",
-    )
-    p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
+    p = add_verb(sub, "demo", "write the synthetic twin-experiment store (the embedded default data)", run_demo)
+    add_out_store(p)
     p.add_argument("--basins", type=int, default=64, help="number of basins (default 64)")
     p.add_argument("--years", type=int, default=15, help="years of daily data (default 15)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--start", default="2000-01-01", help="first day, YYYY-MM-DD (default 2000-01-01)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=run_demo)
     register_builders(sub)
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    """Write a synthetic twin-experiment store: random basin attributes, seasonal forcing, targets made by the
+    process model with known parameters (stored as true_*), with observation noise and gaps."""
     from rootzone.data.checks import parse_day
     from rootzone.data.demo import build_demo
     from rootzone.data.schema import check_output, write_store
@@ -48,16 +45,10 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
     """``caravan``, ``import-pickle`` and ``info`` (see docs/data.md)."""
     from rootzone.data.schema import BASIN_CHUNK
 
-    p = sub.add_parser(
-        "caravan", help="build a store from a Caravan directory (CSV or NetCDF) and optional extra products",
-        description="Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/"
-                    "<gauge_id>.{csv,nc} and attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/"
-                    "TWSA tables (--extra, layout in docs/data.md). Every file is checked; gaps in forcing "
-                    "up to --max-gap days are interpolated, anything worse is refused with a one-line error "
-                    "and nothing is written.",
-    )
+    p = add_verb(sub, "caravan", "build a store from a Caravan directory (CSV or NetCDF) and optional extra products",
+                 run_caravan)
     p.add_argument("caravan_dir", metavar="CARAVAN_DIR", help="root of the Caravan dataset")
-    p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
+    add_out_store(p)
     p.add_argument("--source", help="comma-separated source folders, e.g. camels,lamah (default: all)")
     p.add_argument("--basins", metavar="FILE", help="text file of gauge ids, one per line (default: all)")
     p.add_argument("--extra", metavar="DIR", help="folder of extra products: daily/<gauge_id>.csv "
@@ -78,21 +69,10 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
                    help=f"basins read, held and written at a time = Zarr chunk (default {BASIN_CHUNK})")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_caravan)
 
-    p = sub.add_parser(
-        "import-pickle", help="import the original study's pickled TensorDatasets",
-        description="Import a pickled dict of training/validation/test TensorDataset(x, y, z) (x [B,T,V] "
-                    "daily inputs and statics, y [B,T,3] Q/ET/SWE, z [B,M,K] monthly, TWSA first). The "
-                    "splits are concatenated in time from --start and their bounds stored as "
-                    "'legacy_splits'. "
-                    "SECURITY: a full unpickle runs code stored in the file, so by default the file is read "
-                    "by a restricted loader that builds only tensors, TensorDataset, numpy arrays and plain "
-                    "containers, and a file needing anything else is refused; --i-trust-this-file loads it "
-                    "fully.",
-    )
+    p = add_verb(sub, "import-pickle", "import the original study's pickled TensorDatasets", run_import_pickle)
     p.add_argument("file", metavar="FILE", help="the pickle (plain pickle or torch.save file)")
-    p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
+    add_out_store(p)
     p.add_argument("--names", required=True, metavar="NAMES.json",
                    help='column names: {"x": [...], "y": ["q", "et", "swe"], "z": ["twsa", ...]}')
     p.add_argument("--start", required=True, help="first day of the training split, YYYY-MM-DD")
@@ -104,7 +84,6 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
                    help="unpickle FILE fully (pickle.load / torch.load(weights_only=False)) when the safe "
                         "loader refuses it: this RUNS ANY CODE stored in the file; only for files whose "
                         "origin you trust")
-    p.set_defaults(func=run_import_pickle)
 
     p = sub.add_parser("info", help="show a store's basins, period, variables, units and missing data",
                        description="Show a store's basins, period, variables, units and the fraction of "
@@ -125,6 +104,10 @@ def _refuse_existing(out: str, overwrite: bool) -> None:
 
 
 def run_caravan(args: argparse.Namespace) -> None:
+    """Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/<gauge_id>.{csv,nc} and
+    attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/TWSA tables (--extra, layout in
+    docs/data.md). Every file is checked; gaps in forcing up to --max-gap days are interpolated, anything worse
+    is refused with a one-line error and nothing is written."""
     from pathlib import Path
 
     from rootzone.data.caravan import CaravanBuild, build_caravan
@@ -148,6 +131,11 @@ def run_caravan(args: argparse.Namespace) -> None:
 
 
 def run_import_pickle(args: argparse.Namespace) -> None:
+    """Import a pickled dict of training/validation/test TensorDataset(x, y, z) (x [B,T,V] daily inputs and
+    statics, y [B,T,3] Q/ET/SWE, z [B,M,K] monthly, TWSA first). The splits are concatenated in time from
+    --start and their bounds stored as 'legacy_splits'. SECURITY: a full unpickle runs code stored in the file,
+    so by default the file is read by a restricted loader that builds only tensors, TensorDataset, numpy arrays
+    and plain containers, and a file needing anything else is refused; --i-trust-this-file loads it fully."""
     from pathlib import Path
 
     from rootzone.data.legacy import import_pickle

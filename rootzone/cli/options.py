@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from rootzone.config import Config, parse_override
 from rootzone.ensemble.settings import RaySettings
+
+
+def add_verb(sub: argparse._SubParsersAction, name: str, summary: str, func: Callable[[argparse.Namespace], Any]
+             ) -> argparse.ArgumentParser:
+    """Sub-command ``name`` run by ``func``: ``summary`` in the parent's list of commands, ``func``'s docstring
+    atop its --help."""
+    p = sub.add_parser(name, help=summary, description=inspect.getdoc(func))
+    p.set_defaults(func=func)
+    return p
+
+
+def add_out_store(p: argparse.ArgumentParser) -> None:
+    """The positional ``OUT.zarr`` of the verbs that write a store."""
+    p.add_argument("out", metavar="OUT.zarr", help="output store path or fsspec URL")
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from rootzone.cli.options import add_verb
 from rootzone.predict.store import VARIABLES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict", help="run an ensemble on every basin's whole record into a Zarr store",
-        description="Load the best checkpoint of each ensemble member in EXP/trials, run every basin's whole "
-                    "record (each member with its saved input normalisation) and write a Zarr store with "
-                    "dims (member, basin, time) for S_max, S, W, G, Q, ET, SWE, TWS plus the ensemble mean "
-                    "and spread. Basins are streamed chunk by chunk; an interrupted run resumes.")
+    p = add_verb(sub, "predict", "run an ensemble on every basin's whole record into a Zarr store", run_predict_command)
     p.add_argument("--experiment", required=True, metavar="EXP", help="experiment folder (local path or URL)")
     p.add_argument("--store", metavar="S", help="store to predict (default: the experiment's store)")
     p.add_argument("--out", required=True, metavar="PRED.zarr", help="output Zarr store (path or URL)")
@@ -25,10 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variables", help=f"comma-separated subset of {','.join(VARIABLES)} (default all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--physics", default="auto", help="auto (fused on GPU) | fused | compiled | eager")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: CPUs it may use)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_predict_command)
 
 
 def _variables(text: str | None) -> list[str] | None:
@@ -36,14 +31,17 @@ def _variables(text: str | None) -> list[str] | None:
 
 
 def run_predict_command(args: argparse.Namespace) -> None:
-    import torch
-
+    """Load the best checkpoint of each ensemble member in EXP/trials, run every basin's whole record (each
+    member with its saved input normalisation) and write a Zarr store with dims (member, basin, time) for S_max,
+    S, W, G, Q, ET, SWE, TWS plus the ensemble mean and spread. Basins are streamed chunk by chunk; an
+    interrupted run resumes."""
     from rootzone.experiment import ExperimentDir
     from rootzone.predict import check_options, prediction, run
 
     check_options(args.device, args.physics, args.threads)  # before anything is read or written
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from rootzone.device import set_threads
+
+    set_threads(args.threads)  # 0 = the CPUs this process may use (affinity, cgroup quota)
     store = args.store or ExperimentDir.open(args.experiment).store
     with prediction(args.experiment, store, args.out, members=args.members, chunk_basins=args.chunk_basins,
                     variables=_variables(args.variables), overwrite=args.overwrite, device=args.device,

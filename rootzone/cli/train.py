@@ -6,16 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
-from rootzone.cli.options import add_config_options, config_from_args
+from rootzone.cli.options import add_config_options, add_verb, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train and evaluate one trial (one fold, one seed)",
-        description="Train one (fold, seed) trial with early stopping on the validation year, keep the best "
-                    "checkpoint, evaluate every basin's whole record and write RUN_DIR/metrics.json "
-                    "(per split, target and basin, plus medians), config.toml and train.log.",
-    )
+    p = add_verb(sub, "train", "train and evaluate one trial (one fold, one seed)", run_train_command)
     p.add_argument("--store", help="rootzone Zarr store (path or fsspec URL), e.g. from `rootzone data demo`")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/trial)")
     p.add_argument("--folds", type=int, help="number of temporal folds k (default 5)")
@@ -32,10 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "metrics.json, config.toml and train.log (nothing else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_options(p)
-    p.set_defaults(func=run_train_command)
 
 
 def run_train_command(args: argparse.Namespace) -> None:
+    """Train one (fold, seed) trial with early stopping on the validation year, keep the best checkpoint,
+    evaluate every basin's whole record and write RUN_DIR/metrics.json (per split, target and basin, plus
+    medians), config.toml and train.log."""
     from rootzone.evaluation import print_summary
     from rootzone.experiment import METRICS_JSON
     from rootzone.train import train_run

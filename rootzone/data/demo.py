@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from rootzone.data.schema import make_dataset, month_index
-from rootzone.physics.equations import PARAM_NAMES, run_buckets
+from rootzone.data.schema import make_dataset, month_index, stack_forcing
+from rootzone.physics.equations import PARAM_NAMES, run_buckets, spinup_state
 
 ATTRIBUTES = ("aridity", "mean_temperature", "temperature_amplitude", "forest_fraction", "clay_fraction",
               "precipitation_seasonality", "elevation", "latitude", "longitude")
@@ -105,19 +105,18 @@ def build_demo(basins: int = 64, years: int = 15, seed: int = 0, start: str = "2
     rng = np.random.default_rng(seed)
     att = random_attributes(rng, basins)
     t0 = pd.Timestamp(start)
-    spin = pd.date_range(t0 - pd.DateOffset(years=1), periods=365, freq="D")  # states spun up before day 0
     time = pd.date_range(t0, t0 + pd.DateOffset(years=years) - pd.Timedelta(days=1), freq="D")
-    full = spin.append(time)
-    forcing = synthetic_forcing(rng, att, full)
-    params = true_parameters(att, full)
-    x = torch.from_numpy(np.stack([forcing[k] for k in ("precipitation", "temperature", "pet", "lai")], -1))
+    forcing = synthetic_forcing(rng, att, time)
+    params = true_parameters(att, time)
+    x = torch.from_numpy(stack_forcing(forcing)).double()
+    p = torch.from_numpy(params).double()
     with torch.no_grad():
-        out = run_buckets(x.double(), torch.from_numpy(params).double())
-    keep = slice(len(spin), None)
-    q, et, w, s, g = (v[:, keep].numpy() for v in out)
+        # the storages on day 0 are spun up exactly as rootzone spins up every record (cycling the first year
+        # until they change < 1 mm per cycle), so the true parameters reproduce the truth from day 0 on
+        state0 = spinup_state(x[:, :365], p[:, :365])
+        out = run_buckets(x, p, state0)
+    q, et, w, s, g = (v.numpy() for v in out)
     tws = w + s + g
-    forcing = {k: v[:, keep] for k, v in forcing.items()}
-    params = params[:, keep]
 
     shape = q.shape
     q_obs = q * np.exp(rng.normal(0, 0.08, shape)) + rng.normal(0, 0.01, shape).clip(0, None)

@@ -2,7 +2,9 @@
 
 The whole years of the record are cut into k contiguous blocks. Fold i: test = block i; validation =
 ``validation_years`` years of the training blocks (those right after the test block, or right before it
-when it is the last block); training = the remaining whole years. Days of partial years at the edges of the
+when it is the last block); training = the remaining whole years. ``validation_years = 0`` (the config
+default) means ``DEFAULT_VALIDATION_YEARS`` (2) when the record leaves every fold a training year with them,
+else as many as it allows (at least 1). Days of partial years at the edges of the
 record belong to no split. A day belongs to at most one split.
 """
 
@@ -17,6 +19,7 @@ import pandas as pd
 from rootzone.errors import RootzoneError
 
 SPLITS = ("train", "validation", "test")
+DEFAULT_VALIDATION_YEARS = 2  # validation years when ``validation_years = 0`` and the record allows
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,23 @@ def _training_years(n_years: int, folds: int, validation_years: int) -> int:
     return n_years - -(-n_years // folds) - validation_years
 
 
+def auto_validation_years(n_years: int, folds: int) -> int:
+    """Validation years for ``validation_years = 0``: ``DEFAULT_VALIDATION_YEARS`` when ``n_years`` whole years
+    in ``folds`` folds leave every fold at least one training year with them, else fewer (at least 1)."""
+    for v in range(DEFAULT_VALIDATION_YEARS, 1, -1):
+        if n_years >= folds and _training_years(n_years, folds, v) >= 1:
+            return v
+    return 1
+
+
 def temporal_fold(time: pd.DatetimeIndex, folds: int, fold: int, validation_years: int = 1) -> FoldSplit:
-    """The split of fold ``fold`` of ``folds``; RootzoneError when the record is too short."""
+    """The split of fold ``fold`` of ``folds``; RootzoneError when the record is too short. A given
+    ``validation_years`` >= 1 is kept (or refused); 0 picks :func:`auto_validation_years`."""
     if not 0 <= fold < folds:
         raise RootzoneError(f"fold {fold} is out of range: with {folds} folds it must be in 0..{folds - 1}")
     years = whole_years(time)
+    if validation_years == 0:
+        validation_years = auto_validation_years(len(years), folds)
     need = next(n for n in itertools.count(folds) if _training_years(n, folds, validation_years) >= 1)
     if len(years) < need:
         raise RootzoneError(

@@ -1,10 +1,15 @@
 """Lazy access to a store for training and evaluation: normalisation statistics from training days only,
 and batches of (basins, time window) read through xarray/dask without loading the whole store.
 
-Reads go by *basin block* (one chunk of basins of the store, all days): a block is decoded once and kept in a
-small LRU cache (``BLOCK_CACHE`` blocks), and the training sampler draws ``cfg.batches_per_block``
-consecutive batches from one block, so memory stays bounded by the block size whatever the basin count, and most
-batches are numpy slices of decoded data.
+Training epochs (:meth:`StoreData.epoch`, DESIGN §7): one epoch is one pass over the training basins in a
+shuffled order, cut into batches of ``cfg.batch_size`` basins, so every batch draws its basins from across the
+whole store (never one chunk of basins at a time). Each batch has its own random window start, common to its
+basins. The batches are prepared a *round* at a time (``ROUND_BASINS`` basins): each basin block (one chunk of
+basins of the store) holding basins of the round is decoded once (only the days the round's windows cover) and
+only those windows are kept, so memory stays bounded by the round and one decoded block whatever the basin count.
+
+Other reads (:meth:`StoreData.load` of windows no round prepared: evaluation, whole records) go by basin block:
+a block is decoded once and kept in a small LRU cache (``BLOCK_CACHE`` blocks).
 
 Batch tensors (B basins, L days, M whole calendar months inside the window):
     x_dynamic [B, L, V]  normalised dynamic inputs        x_static [B, K] normalised attributes
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,13 +47,14 @@ from rootzone.data.schema import (
 from rootzone.errors import RootzoneError
 
 STD_FLOOR = 1e-6
-BLOCK_CACHE = 2  # decoded basin blocks kept in memory
+BLOCK_CACHE = 2  # decoded basin blocks kept in memory (reads outside training epochs)
+ROUND_BASINS = 2048  # basins whose training windows an epoch prepares at once (bounds the loader's memory)
 
 
 @dataclass
 class Batch:
-    basins: np.ndarray  # [B] integer basin positions in the store
-    start: int  # first day (index on the store's time axis)
+    basins: np.ndarray  # [B] integer basin positions in the store (ascending)
+    start: int  # first day of the window (index on the store's time axis), the same for every basin of the batch
     x_dynamic: torch.Tensor
     x_static: torch.Tensor
     forcing: torch.Tensor
@@ -140,7 +148,12 @@ class StoreData:
         sizes = chunks[0] if chunks else (self.n_basins,)
         self.block_edges = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._blocks: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._sampler_block, self._sampler_left = 0, 0
+        # the training basins: every basin (temporal folds hold out years, not basins)
+        self.train_basins = np.arange(self.n_basins, dtype=np.int64)
+        self._prepared: dict[tuple[bytes, int, int], dict[str, np.ndarray]] = {}  # windows of the current round
+        self._epoch: dict[str, int] | None = None  # seed and progress of the epoch being iterated
+        self._resume: dict[str, int] | None = None  # an unfinished epoch to continue (restore_sampler)
+        self._starts: dict[tuple[str, int, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ statistics
     def _fit_normaliser(self) -> Normaliser:
@@ -195,9 +208,11 @@ class StoreData:
 
     def load(self, basins: np.ndarray, start: int, length: int) -> Batch:
         """Read basins × [start, start+length) (and the whole months inside it) from the store."""
-        basins = np.sort(np.asarray(basins))
+        basins = np.sort(np.asarray(basins)).astype(np.int64)
         stop = start + length
-        arr = self._read(basins, slice(start, stop))
+        arr = self._prepared.pop((basins.tobytes(), int(start), int(length)), None)
+        if arr is None:
+            arr = self._read(basins, slice(start, stop))
         x_dyn = self.normaliser.dynamic(arr)
         forcing = stack_forcing(arr)  # lai = 0 when the store has none
         # whole months inside the window
@@ -253,30 +268,146 @@ class StoreData:
         first_day = inside[np.searchsorted(day_month[inside], np.arange(len(batch.months)))]
         return torch.from_numpy(days), torch.from_numpy(month_in_split & (first_day >= warmup))
 
+    # ------------------------------------------------------------------ training epochs
+    def n_batches(self, max_batches: int = 0) -> int:
+        """Batches in one epoch: ceil(training basins / batch_size), at most ``max_batches`` when > 0."""
+        n = -(-len(self.train_basins) // self.cfg.batch_size)
+        return min(n, max_batches) if max_batches > 0 else n
+
+    def window_length(self) -> int:
+        """Days per training window (``seq_len``, at most the record)."""
+        return min(self.cfg.seq_len, self.n_days)
+
+    def window_starts(self, split: str = "train") -> np.ndarray:
+        """Every window start whose scored part (past the warm-up) holds days of ``split``."""
+        length = self.window_length()
+        warmup = min(self.cfg.warmup_days, length - 1)
+        key = (split, length, warmup)
+        if key not in self._starts:
+            mask = self.split.masks[split].astype(np.int64)
+            csum = np.concatenate([[0], np.cumsum(mask)])
+            first = np.arange(self.n_days - length + 1)
+            valid = first[csum[first + length] - csum[first + warmup] > 0]
+            if not len(valid):  # pragma: no cover - folds guarantee training years exist
+                raise RootzoneError(f"no window of {length} days holds {split} days after the warm-up")
+            self._starts[key] = valid
+        return self._starts[key]
+
+    def epoch(self, rng: np.random.Generator, max_batches: int = 0) -> Iterator[tuple[np.ndarray, int, int]]:
+        """One epoch: every training basin exactly once, in a shuffled order, ``batch_size`` basins per batch
+        (the last batches one smaller when the count does not divide), so each batch draws from across the
+        whole store. Yields ``(basins, start, length)`` per batch: ``basins`` [n] ascending int64 store
+        positions, ``start`` the batch's window start (uniform over the windows whose scored part holds
+        training days; common to the batch's basins), ``length`` its days. Pass them to :meth:`load`, which
+        returns the prepared window without another read. ``max_batches > 0`` stops the epoch after that many
+        batches (:meth:`n_batches`).
+
+        The order and starts come from one seed drawn from ``rng`` when iteration begins, so a run resumed
+        with the same ``rng`` state repeats the same batches; an epoch cut short is continued by the next
+        call after :meth:`restore_sampler`.
+        """
+        if self._resume is not None:
+            seed, done = self._resume["seed"], self._resume["done"]
+            self._resume = None
+        else:
+            seed, done = int(rng.integers(2**63 - 1)), 0
+        plan = np.random.default_rng(seed)
+        order = plan.permutation(self.train_basins)
+        groups = np.array_split(order, self.n_batches())
+        length = self.window_length()
+        starts = plan.choice(self.window_starts("train"), size=len(groups))
+        n = self.n_batches(max_batches)
+        per_round = max(1, ROUND_BASINS // self.cfg.batch_size)
+        self._epoch = {"seed": seed, "done": done, "batches": n}
+        try:
+            for r0 in range(done, n, per_round):
+                todo = [(np.sort(groups[j]), int(starts[j])) for j in range(r0, min(n, r0 + per_round))]
+                self._prepare(todo, length)
+                for basins, start in todo:
+                    self._epoch["done"] += 1
+                    yield basins, start, length
+        finally:
+            self._prepared.clear()
+        self._epoch = None
+
+    def _prepare(self, batches: list[tuple[np.ndarray, int]], length: int) -> None:
+        """Read the windows of ``batches`` (basins, start): each basin block they touch is decoded once, for
+        the days their windows cover; :meth:`load` takes them from ``self._prepared``."""
+        self._prepared.clear()
+        monthly = self._monthly_targets
+        daily = self._daily_names
+        out = []
+        for basins, _ in batches:
+            arr = {v: np.empty((len(basins), length), np.float32) for v in daily}
+            arr.update({v: np.empty((len(basins), len(self.months)), np.float32) for v in monthly})
+            out.append(arr)
+        owner = np.concatenate([np.full(len(b), j) for j, (b, _) in enumerate(batches)])
+        allb = np.concatenate([b for b, _ in batches])
+        block_of = np.searchsorted(self.block_edges, allb, side="right") - 1
+        for index in np.unique(block_of):
+            here = block_of == index
+            js = np.unique(owner[here])
+            lo = min(batches[j][1] for j in js)
+            hi = max(batches[j][1] for j in js) + length
+            rows = slice(int(self.block_edges[index]), int(self.block_edges[index + 1]))
+            block = self._decode(daily, monthly, rows, slice(lo, hi))
+            for j in js:
+                basins, start = batches[j]
+                in_block = np.searchsorted(self.block_edges, basins, side="right") - 1 == index
+                local = basins[in_block] - self.block_edges[index]
+                for v in daily:
+                    out[j][v][in_block] = block[v][local, start - lo : start - lo + length]
+                for v in monthly:
+                    out[j][v][in_block] = block[v][local]
+            del block
+        for (basins, start), arr in zip(batches, out):
+            self._prepared[(basins.astype(np.int64).tobytes(), int(start), int(length))] = arr
+
+    def _decode(self, daily: list[str], monthly: list[str], rows: slice, days: slice) -> dict[str, np.ndarray]:
+        """``rows`` × ``days`` of the daily variables (monthly: all months), straight from the Zarr arrays when
+        the store is a plain Zarr store without value encodings (one thread per variable; about twice as fast
+        as through dask), else through xarray."""
+        names = daily + monthly
+        with store_reads(self.where):
+            arrays = self._zarr_arrays(names)
+            if arrays is None:
+                sub = self.ds[names].isel(basin=rows, time=days).compute()
+                return {v: sub[v].values for v in names}
+            with ThreadPoolExecutor(min(len(names), 4)) as pool:
+                out = pool.map(lambda v: arrays[v][rows] if v in monthly else arrays[v][rows, days], names)
+                return dict(zip(names, out))
+
+    def _zarr_arrays(self, names: list[str]) -> dict | None:
+        if not hasattr(self, "_zarr"):
+            self._zarr = None
+            try:
+                import zarr
+
+                group = zarr.open_group(self.ds.encoding["source"], mode="r")
+                arrays = {v: group[v] for v in names}
+                plain = all(not {"scale_factor", "add_offset"} & set(self.ds[v].encoding) and
+                            arrays[v].dtype == np.float32 and arrays[v].shape == self.ds[v].shape for v in names)
+                self._zarr = arrays if plain else None
+            except Exception:  # noqa: BLE001 - any other store kind: read through xarray
+                self._zarr = None
+        return self._zarr
+
     def sampler_state(self) -> dict[str, int]:
-        """Where the block sampler stands (current basin block, batches left in it), for checkpoints."""
-        return {"block": self._sampler_block, "left": self._sampler_left}
+        """Where an unfinished epoch stands (its seed, batches handed out), for checkpoints; ``{}`` between
+        epochs (the next epoch's batches then follow from the saved ``rng`` state alone)."""
+        e = self._epoch
+        return {"seed": e["seed"], "done": e["done"]} if e is not None and e["done"] < e["batches"] else {}
 
     def restore_sampler(self, state: dict[str, int]) -> None:
-        """Continue sampling exactly where :meth:`sampler_state` was taken (a resumed run repeats none)."""
-        self._sampler_block, self._sampler_left = int(state["block"]), int(state["left"])
+        """Continue exactly where :meth:`sampler_state` was taken: the next :meth:`epoch` call finishes that
+        epoch (a resumed run repeats none of its batches). States without an unfinished epoch (``{}``, or an
+        old checkpoint's block sampler state) change nothing."""
+        self._resume = {"seed": int(state["seed"]), "done": int(state["done"])} if "seed" in state else None
 
     def sample_window(self, rng: np.random.Generator, split: str = "train") -> tuple[np.ndarray, int, int]:
-        """Random basins and a window start whose scored part holds days of ``split``."""
-        length = min(self.cfg.seq_len, self.n_days)
-        warmup = min(self.cfg.warmup_days, length - 1)
-        mask = self.split.masks[split]
-        for _ in range(1000):
-            start = int(rng.integers(0, self.n_days - length + 1))
-            if mask[start + warmup : start + length].any():
-                break
-        else:  # pragma: no cover - folds guarantee training years exist
-            raise RootzoneError(f"no window of {length} days holds {split} days after the warm-up")
-        if self._sampler_left == 0:  # move to another basin block, chosen in proportion to its size
-            sizes = np.diff(self.block_edges)
-            self._sampler_block = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
-            self._sampler_left = self.cfg.batches_per_block
-        self._sampler_left -= 1
-        lo, hi = self.block_edges[self._sampler_block], self.block_edges[self._sampler_block + 1]
-        basins = rng.choice(np.arange(lo, hi), size=min(self.cfg.batch_size, hi - lo), replace=False)
-        return basins, start, length
+        """``batch_size`` random basins from across the store (ascending) and a window start whose scored
+        part holds days of ``split``: ``(basins, start, length)`` for :meth:`load`. Training uses :meth:`epoch`."""
+        length = self.window_length()
+        start = int(rng.choice(self.window_starts(split)))
+        basins = np.sort(rng.choice(self.n_basins, size=min(self.cfg.batch_size, self.n_basins), replace=False))
+        return basins.astype(np.int64), start, length

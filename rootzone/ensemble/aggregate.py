@@ -18,6 +18,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from rootzone.data import schema
+from rootzone.evaluation import TWSA_PARTS, monthly_mean, score_basins, twsa_components
 from rootzone.experiment import (
     BEST_PT,
     ENSEMBLE_CSV,
@@ -30,8 +32,7 @@ from rootzone.experiment import (
     load_member,
     metrics_rows,
 )
-from rootzone.loss import anomalies, monthly_mean
-from rootzone.metrics import METRICS, basin_metrics, median_metrics
+from rootzone.metrics import METRICS, median_metrics
 
 COLUMNS = ["fold", "seed", "basin", "split", "target", *METRICS]
 
@@ -64,30 +65,41 @@ def ensemble_mean_scores(exp: ExperimentDir, trials: list[TrialResult], device: 
 
 
 def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
+    """Score the mean of the members' whole-record series on the test split as
+    :func:`rootzone.evaluation.evaluate_record` scores one member (spun-up storages, no warm-up days)."""
     data0 = built[0][0]
-    per: dict[str, dict[str, dict]] = {t: {} for t in data0.targets}
+    targets = [schema.target(t) for t in data0.targets]
+    min_obs = getattr(data0.cfg, "min_obs", None)
+    has_twsa = "twsa" in data0.targets
+    per: dict[str, dict[str, dict]] = {t: {} for t in [*data0.targets, *(TWSA_PARTS if has_twsa else ())]}
+    by_output = {t.output: t for t in targets}  # each model series once, even if two targets share it
     with torch.no_grad():
         for lo in range(0, data0.n_basins, chunk):
             basins = np.arange(lo, min(lo + chunk, data0.n_basins))
-            sums: dict[str, torch.Tensor] = {}
+            sums: dict[str, np.ndarray] = {}
             for data, model, dev in built:
                 batch = data.load(basins, 0, data.n_days).to(dev)
-                o = model(batch.x_dynamic, batch.x_static, batch.forcing).buckets
-                for k, v in {"q": o.q, "et": o.et, "swe": o.w, "tws": o.tws}.items():
-                    sums[k] = sums.get(k, 0.0) + v.double().cpu() / len(built)
+                o = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, data.cfg.spinup_cycles)[0]
+                for name, t in by_output.items():
+                    sums[name] = sums.get(name, 0.0) + t.model_series(o.buckets).double().cpu().numpy() / len(built)
             batch = batch.to(torch.device("cpu"))
-            day_mask, month_mask = data0.masks(batch, "test", data0.cfg.warmup_days)
-            for t in data0.targets:
-                obs = batch.obs[t].double()
-                if t == "twsa":
-                    sim, obs, valid = anomalies(monthly_mean(sums["tws"], batch.day_month, obs.shape[1]), obs,
-                                                month_mask)
-                else:
-                    sim, valid = sums[t], torch.isfinite(obs) & day_mask[None, :]
-                obs = torch.where(valid, obs, torch.full_like(obs, float("nan")))
-                for i, b in enumerate(basins):
-                    per[t][str(data0.basin_ids[b])] = basin_metrics(sim[i].numpy(), obs[i].numpy(),
-                                                                    anomaly=t == "twsa")
+            day_mask, month_mask = (m.numpy() for m in data0.masks(batch, "test", 0))
+            ids = [str(data0.basin_ids[b]) for b in basins]
+            sims = {}
+            for t in targets:
+                obs = batch.obs[t.name].double().numpy()
+                sim = t.model_series(sums)
+                if t.monthly:
+                    sim = monthly_mean(sim, batch.day_month.numpy(), obs.shape[1])
+                sims[t.name] = sim
+                per[t.name].update(score_basins(sim, obs, t, month_mask if t.monthly else day_mask, basins=ids,
+                                                min_obs=min_obs))
+            if has_twsa:
+                calendar = data0.months[batch.months].month.to_numpy()
+                parts = twsa_components(sims["twsa"], batch.obs["twsa"].double().numpy(), calendar, month_mask, ids,
+                                        min_obs)
+                for name, scores in parts.items():
+                    per[name].update(scores)
     return per
 
 

@@ -1,10 +1,19 @@
 """``rootzone tune``: ASHA search over lr, hidden_size, seq_len and target weights on one fold, with the same
 trainable as the ensemble. The objective is ``validation_unweighted``: the mean over targets of the
 *unweighted* validation loss, so that trials with different target weights are compared fairly. The best
-config is written as TOML (EXP/best_config.toml) for ``rootzone ensemble --config``."""
+config is written as TOML (EXP/best_config.toml) for ``rootzone ensemble --config``.
+
+Test leakage (science review m3): the search selects on the validation years of fold ``--fold`` after training
+on that fold's training years, so the chosen hyper-parameters are honest only for that fold's test block; every
+other fold's test years were seen by the selection (as training or as validation years). ``run_tune`` says so,
+records it in EXP/tune_selection.json (:func:`selection_record`) and marks it in best_config.toml, which is set
+to that fold. Honest cross-validated scores of a tuned model: tune each fold (``rootzone tune --fold f`` per
+fold, one EXP each) and score fold f only with fold f's config, or report the tuned fold's test scores only."""
 
 from __future__ import annotations
 
+import json
+import textwrap
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +25,39 @@ from rootzone.experiment import BEST_CONFIG_TOML, RAY, TUNE_RESULTS_CSV, Experim
 
 TUNE_NAME = "tune"
 METRIC = "validation_unweighted"
+TUNE_SELECTION_JSON = "tune_selection.json"
+
+
+def selection_record(time, folds: int, fold: int, validation_years: int) -> dict[str, Any]:
+    """Which years a search on ``fold`` used and whose test blocks that leaks into: ``selected_on`` (the
+    validation years it minimises the loss on), ``trained_on``, ``honest_for_fold`` / ``honest_test_years``
+    (the only test block the selection never saw), and ``leaks_into`` {other fold: its test years that the
+    selection saw}, with ``selected_on_test_of`` the folds whose test block holds the selection years."""
+    from rootzone.data.folds import temporal_fold
+
+    split = temporal_fold(time, folds, fold, validation_years)
+    seen = set(split.years["train"]) | set(split.years["validation"])
+    leaks, selected_in = {}, []
+    for g in range(folds):
+        if g == fold:
+            continue
+        test_g = temporal_fold(time, folds, g, validation_years).years["test"]
+        leaks[g] = sorted(seen & set(test_g))
+        if set(split.years["validation"]) & set(test_g):
+            selected_in.append(g)
+    return {"fold": fold, "folds": folds, "selected_on": split.years["validation"],
+            "trained_on": split.years["train"], "honest_for_fold": fold, "honest_test_years": split.years["test"],
+            "leaks_into": leaks, "selected_on_test_of": selected_in}
+
+
+def selection_note(record: dict[str, Any]) -> str:
+    """One paragraph (also the header of best_config.toml) saying for which test block the tuned config is
+    honest."""
+    leaky = ", ".join(str(g) for g in record["leaks_into"]) or "none"
+    return (f"tuned on fold {record['fold']} of {record['folds']}: selected on validation years "
+            f"{record['selected_on']}; honest only for fold {record['fold']}'s test years "
+            f"{record['honest_test_years']}. Applied to folds {leaky} it was selected with their test years in "
+            f"view (tune each fold with --fold, or report fold {record['fold']}'s test scores only).")
 
 
 def search_space(cfg: Config, fold: int, seed: int) -> dict[str, Any]:
@@ -43,6 +85,7 @@ def run_tune(cfg: Config, out: str, samples: int = 16, fold: int = 0, ray: RaySe
     if samples < 1:
         raise RootzoneError("--samples must be >= 1")
     base = prepare_base(cfg, cfg.folds)
+    record = _selection(base, fold)
     exp = ExperimentDir.open(out)
     if exp.exists(RAY, TUNE_NAME) or exp.exists(BEST_CONFIG_TOML):
         raise RootzoneError(f"{exp.url()} already holds a tuning run; choose another --out")
@@ -63,12 +106,23 @@ def run_tune(cfg: Config, out: str, samples: int = 16, fold: int = 0, ray: RaySe
     except RuntimeError as exc:
         raise RootzoneError(f"no tuning trial reported {METRIC}: {exc}") from None
     chosen = {k: v for k, v in best.config.items() if k not in ("fold", "seed")}
-    best_cfg = base.replace(**chosen, out=Config().out)
-    exp.write_text(best_cfg.to_toml(), BEST_CONFIG_TOML)
+    best_cfg = base.replace(**chosen, fold=fold, out=Config().out)
+    note = selection_note(record)
+    exp.write_text("".join(f"# {line}\n" for line in textwrap.wrap(note, 110)) + best_cfg.to_toml(),
+                   BEST_CONFIG_TOML)
+    exp.write_text(json.dumps(record, indent=1), TUNE_SELECTION_JSON)
     frame = results.get_dataframe(filter_metric=METRIC, filter_mode="min")
     exp.write_text(frame.to_csv(index=False), TUNE_RESULTS_CSV)
     console.print(f"best of {samples} trials ({METRIC} = {best.metrics_dataframe[METRIC].min():.4f}): "
                   + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     path = exp.url(BEST_CONFIG_TOML)
     console.print(f"wrote {path} (use: rootzone ensemble --config {path})")
+    console.print(f"[yellow]{note}")
     return best_cfg
+
+
+def _selection(cfg: Config, fold: int) -> dict[str, Any]:
+    from rootzone.data.schema import open_store
+
+    ds = open_store(cfg.store)
+    return selection_record(ds.indexes["time"], cfg.folds, fold, cfg.validation_years)

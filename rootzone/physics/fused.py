@@ -53,9 +53,11 @@ def interpreting() -> bool:
     return _kernels is not None and _kernels.interpreted()
 
 
-def _use_triton(device: torch.device) -> bool:
+def uses_triton(device: torch.device) -> bool:
+    """True when the op runs the Triton kernels for tensors on ``device`` (CUDA always; CPU only under the
+    interpreter); raises when no fused implementation exists there (CUDA without triton, other devices)."""
     if device.type == "cuda":
-        if _kernels is None:
+        if not triton_available():
             raise RuntimeError("fused bucket physics on CUDA needs triton (pip install triton)")
         if _kernels.interpreted():
             raise RuntimeError("TRITON_INTERPRET=1 is set: the fused kernels cannot run on CUDA tensors")
@@ -89,7 +91,7 @@ def buckets_fwd(forcing: Tensor, params: Tensor, state0: Tensor) -> Tensor:
     _, n_days, n_basins = forcing.shape
     if n_days == 0 or n_basins == 0:
         return forcing.new_empty((5, n_days, n_basins))
-    if _use_triton(forcing.device):
+    if uses_triton(forcing.device):
         out = forcing.new_empty((5, n_days, n_basins))
         with torch.cuda.device(forcing.device) if forcing.is_cuda else contextlib.nullcontext():
             _kernels.launch_forward(forcing, params, state0, out)
@@ -113,7 +115,7 @@ def buckets_bwd(forcing: Tensor, params: Tensor, state0: Tensor, out: Tensor, gr
     if forcing.shape[1] == 0 or forcing.shape[2] == 0:
         return grad_forcing, grad_params
     grad_out = grad_out.float()
-    if _use_triton(forcing.device):
+    if uses_triton(forcing.device):
         with torch.cuda.device(forcing.device) if forcing.is_cuda else contextlib.nullcontext():
             _kernels.launch_backward(forcing, params, state0, out, grad_out,
                                      grad_forcing if need_forcing else None, grad_params)

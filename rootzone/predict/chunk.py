@@ -77,14 +77,17 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
 
 def _run_member(lm: LoadedMember, arr: dict[str, np.ndarray], att: np.ndarray, att_names: list[str],
                 forcing: torch.Tensor, device: torch.device) -> dict[str, np.ndarray]:
-    """One member on one chunk: normalise with its saved statistics, run, return float64 [B, T] series."""
+    """One member on one chunk: normalise with its saved statistics, run the whole record from spun-up storages
+    (:meth:`rootzone.model.HybridModel.run_record`, at most the member's ``spinup_cycles`` cycles of the first
+    year), return float64 [B, T] series."""
     norm = lm.normaliser
     x_dyn = np.stack([(arr[v] - m) / s for v, m, s in zip(norm.dynamic_names, norm.dynamic_mean,
                                                            norm.dynamic_std)], axis=-1).astype(np.float32)
     idx = [att_names.index(a) for a in norm.static_names]
     x_stat = ((att[:, idx] - norm.static_mean) / norm.static_std).astype(np.float32)
     with torch.inference_mode():
-        out = lm.model(torch.from_numpy(x_dyn).to(device), torch.from_numpy(x_stat).to(device), forcing.to(device))
+        out, _ = lm.model.run_record(torch.from_numpy(x_dyn).to(device), torch.from_numpy(x_stat).to(device),
+                                     forcing.to(device), lm.cfg.spinup_cycles)
         bk = out.buckets
         series = {"smax": out.params[..., 0], "s": bk.s, "w": bk.w, "g": bk.g, "q": bk.q, "et": bk.et,
                   "swe": bk.w, "tws": bk.tws}

@@ -23,7 +23,9 @@ def _chunk_task(job: PredictionJob, index: int) -> ChunkResult:
     import torch
 
     if job.device != "cuda" and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        from rootzone.device import set_threads
+
+        set_threads(0)  # the CPUs Ray assigned to the task (and its affinity, cgroup quota)
     return predict_chunk(job, index)
 
 

@@ -64,7 +64,7 @@ def check_options(device: str = "auto", physics: str = "auto", threads: int = 0,
     if physics not in PHYSICS_CHOICES:
         raise RootzoneError(f"--physics: must be one of {', '.join(PHYSICS_CHOICES)}, got {physics!r}")
     if threads < 0:
-        raise RootzoneError(f"--threads: must be >= 0 (0 = torch's default), got {threads}")
+        raise RootzoneError(f"--threads: must be >= 0 (0 = the CPUs this process may use), got {threads}")
     if device_here:
         dispatch.resolve(physics, select_device(device))
 

@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from rootzone.data.schema import TARGET_UNITS  # noqa: E402
+
 MONTHS = "JFMAMJJASOND"
-UNITS = {"q": "mm/d", "et": "mm/d", "swe": "mm", "twsa": "mm"}
 TITLES = {"q": "streamflow Q", "et": "evapotranspiration ET", "swe": "snow water equivalent SWE",
           "twsa": "TWS anomaly"}
 
@@ -66,7 +67,7 @@ def seasonal_cycle(path: Path, seasonal: dict[str, dict[str, np.ndarray]]) -> Pa
                             alpha=0.15, lw=0)
         ax.set_xticks(x, list(MONTHS))
         ax.set_title(TITLES[t], fontsize=10)
-        ax.set_ylabel(UNITS[t])
+        ax.set_ylabel(TARGET_UNITS[t])
     axes[0][0].legend(fontsize=8)
     return _save(fig, path)
 
@@ -140,7 +141,7 @@ def smax_map(path: Path, lon: np.ndarray, lat: np.ndarray, smax: np.ndarray) -> 
 def cv_skill(path: Path, table: pd.DataFrame, metric: str = "nse") -> Path:
     """Test-split ``metric`` per basin for each fold (box over basins and seeds), one panel per target."""
     test = table[table["split"] == "test"]
-    targets = sorted(test["target"].unique(), key=lambda t: list(UNITS).index(t) if t in UNITS else 9)
+    targets = sorted(test["target"].unique(), key=lambda t: list(TARGET_UNITS).index(t) if t in TARGET_UNITS else 9)
     fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.4), squeeze=False)
     for ax, t in zip(axes[0], targets):
         sub = test[test["target"] == t]

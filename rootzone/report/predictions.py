@@ -3,7 +3,10 @@ memory at once).
 
 The *cross-validated ensemble series* of a basin is, on each day, the mean of the members whose test block
 (metrics.json ``years.test``) holds that day: out-of-sample everywhere, NaN on days no member tests (and in
-the spin-up days ``in_warmup``).
+the spin-up days ``in_warmup``). A monthly target (TWSA) is stitched from anomalies, not storages: each
+member's monthly model series and the observation are re-centred over that member's own test months (as
+:mod:`rootzone.evaluation` scores the test split), then the anomalies of the members testing a month are
+averaged (:func:`cv_anomalies`), so level offsets between fold models never become anomalies.
 """
 
 from __future__ import annotations
@@ -17,13 +20,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from rootzone.data.schema import open_store
+from rootzone.data.schema import TARGETS, open_store
 from rootzone.errors import RootzoneError
+from rootzone.evaluation import anomalies, monthly_mean, score_basins
 from rootzone.experiment import TrialResult
-from rootzone.metrics import basin_metrics
-
-DAILY = {"q": "q", "et": "et", "swe": "swe"}  # target -> prediction variable
-SEASONAL_TARGETS = ("q", "et", "swe", "twsa")
 
 
 @dataclass
@@ -68,15 +68,35 @@ def cv_series(members: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def monthly(values: np.ndarray, month_of_day: np.ndarray, n_months: int) -> np.ndarray:
-    """[B, T] daily -> [B, n_months] means of months whose days are all finite (NaN otherwise)."""
-    out = np.full((values.shape[0], n_months), np.nan)
-    for m in range(n_months):
-        day = month_of_day == m
-        if day.any():
-            block = values[:, day]
-            out[:, m] = np.where(np.isfinite(block).all(axis=1), block.mean(axis=1), np.nan)
-    return out
+def month_masks(masks: np.ndarray, month_of_day: np.ndarray, n_months: int) -> np.ndarray:
+    """[members, T] day masks -> [members, n_months]: months with days, every one of them in the mask."""
+    keep = (month_of_day >= 0) & (month_of_day < n_months)
+    slots = month_of_day[keep]
+    days = np.bincount(slots, minlength=n_months)[:n_months]
+    out = np.stack([np.bincount(slots, weights=m[keep].astype(np.float64), minlength=n_months)[:n_months]
+                    for m in np.asarray(masks, dtype=bool)]) if len(masks) else np.zeros((0, n_months))
+    return (days > 0)[None, :] & (out == days[None, :])
+
+
+def cv_anomalies(members: np.ndarray, obs: np.ndarray, month_masks: np.ndarray, month_of_day: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-validated anomalies of a monthly target: [M, B, T] daily member series (e.g. TWS), [B, K]
+    observed monthly values and [M, K] each member's test months -> (model, observed) anomalies [B, K].
+
+    Each member's monthly means and the observation are re-centred over the member's own test months where
+    both are finite (:func:`rootzone.evaluation.anomalies`); a month is the mean of the anomalies of the
+    members testing it, NaN where none does."""
+    obs = np.asarray(obs, dtype=np.float64)
+    n_months = obs.shape[1]
+    sim_sum, obs_sum = np.zeros_like(obs), np.zeros_like(obs)
+    count = np.zeros(obs.shape)
+    for series, mask in zip(members, month_masks, strict=True):
+        sim_a, obs_a, used = anomalies(monthly_mean(series, month_of_day, n_months), obs, mask)
+        sim_sum += np.where(used, sim_a, 0.0)
+        obs_sum += np.where(used, obs_a, 0.0)
+        count += used
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, sim_sum / count, np.nan), np.where(count > 0, obs_sum / count, np.nan)
 
 
 def climatology(values: np.ndarray, calendar_month: np.ndarray) -> np.ndarray:
@@ -107,9 +127,11 @@ def summarise_predictions(pred: xr.Dataset, trials: list[TrialResult], chunk: in
     masks = member_test_masks(pred, trials)
     spin = pred["in_warmup"].values
     chunk = chunk or int(pred.attrs.get("prediction_job", {}).get("chunk_basins", 256))
-    targets = [t for t in SEASONAL_TARGETS if t in obs_store and ("tws" if t == "twsa" else DAILY[t]) in pred]
+    tested = masks.any(axis=0)  # [T] days some member tests
+    month_test = month_masks(masks, month_of_day, len(months))
+    targets = [t for t in TARGETS if t.name in obs_store and t.output in pred]
     smax, smax_std, smax_month, rows = [], [], [], []
-    seasonal = {t: {"obs": [], "model": []} for t in targets}
+    seasonal = {t.name: {"obs": [], "model": []} for t in targets}
     n = pred.sizes["basin"]
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
@@ -123,31 +145,20 @@ def summarise_predictions(pred: xr.Dataset, trials: list[TrialResult], chunk: in
             smax_month.append(clim / np.nanmean(clim, axis=1, keepdims=True))
         o = obs_store.sel(basin=ids)
         for t in targets:
-            if t == "twsa":
-                model_m = monthly(cv_series(p["tws"].values, masks), month_of_day, len(months))
-                obs_m = o["twsa"].values.astype(np.float64)
-                valid = np.isfinite(model_m) & np.isfinite(obs_m)
-                model_a = _centre(model_m, valid)
-                obs_a = _centre(obs_m, valid)
-                sim, ob, cal = model_a, obs_a, months.month
-            else:
-                sim = cv_series(p[DAILY[t]].values, masks)
-                ob = o[t].values.astype(np.float64)
-                valid = np.isfinite(sim) & np.isfinite(ob)
-                sim, ob, cal = np.where(valid, sim, np.nan), np.where(valid, ob, np.nan), time.month
-            seasonal[t]["model"].append(climatology(sim, cal))
-            seasonal[t]["obs"].append(climatology(ob, cal))
-            for i, b in enumerate(ids):
-                rows.append({"basin": b, "target": t, **basin_metrics(sim[i], ob[i], anomaly=t == "twsa")})
+            ob = o[t.name].values.astype(np.float64)
+            if t.monthly:  # stitched anomalies, centred already: score_basins' re-centring changes nothing
+                sim, ob = cv_anomalies(p[t.output].values, ob, month_test, month_of_day)
+                scores, cal = score_basins(sim, ob, t, basins=ids), months.month
+            else:  # scored on the days some member tests (a non-finite simulation there fails the basin)
+                sim = cv_series(p[t.output].values, masks)
+                scores, cal = score_basins(sim, ob, t, tested, basins=ids), time.month
+            shown = np.isfinite(sim) & np.isfinite(ob)
+            seasonal[t.name]["model"].append(climatology(np.where(shown, sim, np.nan), cal))
+            seasonal[t.name]["obs"].append(climatology(np.where(shown, ob, np.nan), cal))
+            rows.extend({"basin": b, "target": t.name, **m} for b, m in scores.items())
     return PredictionSummary(
         basins=[str(b) for b in pred["basin"].values], smax=np.concatenate(smax),
         smax_member_std=np.concatenate(smax_std), smax_month=np.concatenate(smax_month),
         seasonal={t: {k: np.concatenate(v) for k, v in d.items()} for t, d in seasonal.items()},
         ensemble_metrics=pd.DataFrame(rows))
 
-
-def _centre(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Anomalies about the mean over ``valid`` months, NaN elsewhere ([B, M])."""
-    v = np.where(valid, values, np.nan)
-    with _quiet():
-        return v - np.nanmean(v, axis=1, keepdims=True)
