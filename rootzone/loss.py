@@ -45,7 +45,13 @@ def anomalies(model_monthly: Tensor, obs: Tensor, month_mask: Tensor, reference:
         ok = torch.isfinite(mod_ref) & torch.isfinite(obs_ref)
         valid = valid & ok
         zero = torch.zeros_like(mod_ref)
-        return (model_monthly - torch.where(ok, mod_ref, zero), obs - torch.where(ok, obs_ref, zero), valid)
+        # The value is the whole-record anomaly. Its gradient treats the record mean as moving with the
+        # window's own level (as the true record mean does under a uniform shift), so a window cannot pull the
+        # storage level against a reference that only moves at the next refresh (that chase diverged).
+        n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+        level = torch.where(valid, model_monthly, torch.zeros_like(model_monthly)).sum(1, keepdim=True) / n
+        model_a = model_monthly - torch.where(ok, mod_ref, zero) - (level - level.detach())
+        return (model_a, obs - torch.where(ok, obs_ref, zero), valid)
     n = count.clamp(min=1)
     obs0 = torch.where(valid, obs, torch.zeros_like(obs))
     mod0 = torch.where(valid, model_monthly, torch.zeros_like(model_monthly))

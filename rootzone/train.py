@@ -210,14 +210,16 @@ class Trial:
         self.record: RecordPass | None = None  # stored storages of the current model (refresh_states)
         self.record_epoch = -1  # epochs done when ``record`` was computed
 
-    def refresh_states(self, force: bool = False) -> RecordPass:
-        """The no-grad whole-record pass (spun-up storages of every basin-day, TWSA reference levels) when none
-        is kept yet or ``spinup_refresh`` epochs have passed since the kept one."""
-        epoch = self.state.epoch
-        if force or self.record is None or epoch - self.record_epoch >= self.cfg.spinup_refresh:
+    def refresh_states(self, trained_epochs: int, force: bool = False) -> RecordPass:
+        """The no-grad whole-record pass (spun-up storages of every basin-day, TWSA reference levels) of the
+        model after ``trained_epochs`` epochs of training, recomputed when none is kept yet or
+        ``spinup_refresh`` epochs have passed since the kept one. The pass after an epoch's training serves
+        that epoch's validation and the next epoch's windows (one pass per epoch with the default 1), so
+        validation never re-centres the current model on an older model's storages."""
+        if force or self.record is None or trained_epochs - self.record_epoch >= self.cfg.spinup_refresh:
             self.record = record_pass(self.model, self.data, self.device)
-            self.record_epoch = epoch
-            self.log.info("stored states refreshed before epoch %d: %d spin-up cycles, %.1fs", epoch + 1,
+            self.record_epoch = trained_epochs
+            self.log.info("stored states refreshed after %d epochs: %d spin-up cycles, %.1fs", trained_epochs,
                           self.record.spinup_cycles, self.record.seconds)
         return self.record
 
@@ -257,7 +259,7 @@ class Trial:
         """One epoch (every training basin once, at most ``batches_per_epoch`` batches when > 0), each window
         started from the stored storages; mean loss and mean loss parts."""
         cfg, data = self.cfg, self.data
-        record = self.refresh_states()
+        record = self.refresh_states(self.state.epoch)
         self.model.train()
         losses, parts_list = [], []
         for basins, start, length in epoch_windows(data, self.rng, cfg.batches_per_epoch):
@@ -278,7 +280,8 @@ class Trial:
     def validate(self) -> tuple[float, dict[str, float]]:
         """Validation loss (and its unweighted parts); counts the epoch and updates early stopping."""
         parts: dict[str, float] = {}
-        val = validation_loss(self.model, self.data, self.device, parts_out=parts, record=self.refresh_states())
+        val = validation_loss(self.model, self.data, self.device, parts_out=parts,
+                              record=self.refresh_states(self.state.epoch + 1))
         self.state.epoch += 1
         if not math.isfinite(val):
             raise RootzoneError(f"validation loss became {val} at epoch {self.state.epoch}; lower lr")

@@ -180,3 +180,22 @@ def test_twsa_needs_three_months_per_basin():
     assert parts["twsa"] == pytest.approx((1 + 4 + 9 + 16) / 4 / (1 + 0.1))  # basin 0 (2 months) is absent
     _, parts = _twsa_loss(model[:1], obs[:1], (ref[0][:1], ref[1][:1]))
     assert parts.get("twsa", 0.0) == 0.0  # no basin with a term: absent (or 0)
+
+
+def test_whole_record_anomaly_value_and_level_gradient():
+    """The TWSA anomaly against the record reference keeps its value (interannual part included) while a
+    uniform shift of the window's storage level gets no gradient (the record mean moves with it), so windows
+    cannot chase a reference that only changes at the next refresh."""
+    from rootzone.loss import anomalies
+
+    model = torch.tensor([[10.0, 12.0, 14.0, 13.0]], requires_grad=True)
+    obs = torch.tensor([[1.0, 2.0, float("nan"), 4.0]])
+    mask = torch.ones(4, dtype=torch.bool)
+    ref = (torch.tensor([11.0]), torch.tensor([0.5]))
+    mod_a, obs_a, valid = anomalies(model, obs, mask, ref, min_months=3)
+    assert valid.tolist() == [[True, True, False, True]]
+    torch.testing.assert_close(mod_a.detach(), model.detach() - 11.0)
+    torch.testing.assert_close(obs_a[valid], torch.tensor([0.5, 1.5, 3.5]))
+    # d/d(level) of the valid anomalies' sum is 0: a uniform shift is not a gradient direction
+    (mod_a * valid).sum().backward()
+    assert float(model.grad[valid].sum()) == pytest.approx(0.0, abs=1e-6)
