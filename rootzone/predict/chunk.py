@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import zarr
 
-from rootzone.data.schema import open_store
+from rootzone.data.schema import open_store, stack_forcing
 from rootzone.device import select_device
 from rootzone.experiment import LoadedMember, load_member
 from rootzone.predict import store as st
@@ -50,8 +50,7 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
     att[invalid] = 0.0
     outside = _outside_range(att, job.attributes, loaded) & ~invalid[:, None]
     b, t = hi - lo, next(iter(arr.values())).shape[1]
-    forcing = torch.from_numpy(np.stack([arr["precipitation"], arr["temperature"], arr["pet"],
-                                         arr["lai"] if "lai" in arr else np.zeros((b, t), np.float32)], -1))
+    forcing = torch.from_numpy(stack_forcing(arr))
     group = zarr.open_group(job.out, mode="r+", use_consolidated=False)
     mean = {v: np.zeros((b, t)) for v in job.variables}
     m2 = {v: np.zeros((b, t)) for v in job.variables}
@@ -80,24 +79,15 @@ def _run_member(lm: LoadedMember, arr: dict[str, np.ndarray], att: np.ndarray, a
     """One member on one chunk: normalise with its saved statistics, run the whole record from spun-up storages
     (:meth:`rootzone.model.HybridModel.run_record`, at most the member's ``spinup_cycles`` cycles of the first
     year), return float64 [B, T] series."""
-    norm = lm.normaliser
-    x_dyn = np.stack([(arr[v] - m) / s for v, m, s in zip(norm.dynamic_names, norm.dynamic_mean,
-                                                           norm.dynamic_std)], axis=-1).astype(np.float32)
-    idx = [att_names.index(a) for a in norm.static_names]
-    x_stat = ((att[:, idx] - norm.static_mean) / norm.static_std).astype(np.float32)
+    x_dyn, x_stat = lm.normaliser.dynamic(arr), lm.normaliser.static(att, att_names)
     with torch.inference_mode():
         out, _ = lm.model.run_record(torch.from_numpy(x_dyn).to(device), torch.from_numpy(x_stat).to(device),
                                      forcing.to(device), lm.cfg.spinup_cycles)
         bk = out.buckets
         series = {"smax": out.params[..., 0], "s": bk.s, "w": bk.w, "g": bk.g, "q": bk.q, "et": bk.et,
-                  "swe": bk.w, "tws": bk.tws}
+                  "swe": bk.swe, "tws": bk.tws}
         return {k: v.double().cpu().numpy() for k, v in series.items()}
 
-
-def _device(name: str) -> torch.device:
-    from rootzone.train import select_device
-
-    return select_device(name)
 
 def report_invalid(result: ChunkResult) -> None:
     for basin, reason in result.invalid.items():

@@ -44,14 +44,14 @@ from dataclasses import dataclass
 import xarray as xr
 
 from rootzone.config import DEVICE_CHOICES, PHYSICS_CHOICES
-from rootzone.data.schema import forcing_names, open_store
+from rootzone.data.schema import REQUIRED_FORCING, forcing_names, open_store
 from rootzone.device import select_device
 from rootzone.errors import RootzoneError
 from rootzone.experiment import ExperimentDir, load_member, read_member
 from rootzone.physics import dispatch
 from rootzone.predict import store as st
 from rootzone.predict.chunk import predict_chunk, record_chunk
-from rootzone.predict.store import JOB_KEY, PHYSICS_INPUTS, VARIABLES, ChunkResult, PredictionJob
+from rootzone.predict.store import JOB_KEY, VARIABLES, ChunkResult, PredictionJob
 from rootzone.progress import progress_bar
 from rootzone.safety import absolute_url, locked, remove_owned_store
 
@@ -93,7 +93,7 @@ def _plan(experiment: str, store: str, out: str, members: str = "best", chunk_ba
     chosen = ExperimentDir.open(experiment).members(members)
     ds = open_store(store)
     have_forcing, have_att = forcing_names(ds), [str(a) for a in ds["attribute"].values]
-    inputs, attributes, warmup = list(PHYSICS_INPUTS) + (["lai"] if "lai" in have_forcing else []), [], 0
+    inputs, attributes, warmup = list(REQUIRED_FORCING) + (["lai"] if "lai" in have_forcing else []), [], 0
     for i, m in enumerate(chosen):
         norm, cfg, digest = read_member(m)
         chosen[i] = dataclasses.replace(m, sha256=digest)

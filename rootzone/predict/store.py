@@ -39,7 +39,6 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "swe": ("mm", "snow water equivalent"),
     "tws": ("mm", "total water storage W + S + G"),
 }
-PHYSICS_INPUTS = ("precipitation", "temperature", "pet")  # + lai (0 when the store has none)
 COMPLETE_KEY = "prediction_complete"
 DONE_KEY = "chunks_done"
 JOB_KEY = PREDICTION_STORE_KEY  # "prediction_job": the attribute that marks a store as rootzone's prediction
