@@ -8,7 +8,8 @@ record (the model's from the no-grad whole-record pass, a constant without gradi
 and trends reach the loss, not only the seasonal cycle; then the same normalised squared error of the
 anomalies. The gradient treats the record mean as moving with a window's own storage level (a uniform shift
 gets none; see :func:`anomalies` and docs/model.md). Without ``twsa_ref`` (legacy) both are re-centred on
-their means over the months scored in the window. A basin with fewer than ``MIN_TWSA_MONTHS`` scored, observed months in the window has no TWSA term.
+their means over the months scored in the window. A basin with fewer than ``MIN_TWSA_MONTHS`` scored,
+observed months in the window has no TWSA term.
 """
 
 from __future__ import annotations
