@@ -38,8 +38,14 @@ _TMP_TAG = ".tmp-"
 
 
 def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of ``url`` and the path within it."""
-    return fsspec.core.url_to_fs(str(url))
+    """The fsspec filesystem of ``url`` and the path within it (a missing driver, e.g. s3fs for ``s3://``, or
+    an unknown protocol is a one-line RootzoneError)."""
+    try:
+        return fsspec.core.url_to_fs(str(url))
+    except ImportError as exc:
+        raise RootzoneError(f"'{url}': {' '.join(str(exc).split())}") from None
+    except ValueError as exc:
+        raise RootzoneError(f"'{url}': not a path or URL rootzone can open ({' '.join(str(exc).split())})") from None
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -73,6 +79,11 @@ def check_output_path(url: str, what: str = "output") -> None:
     """
     fs, path = fs_and_path(url)
     if not is_local(fs):
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if protocol == "memory":  # fsspec's in-process filesystem has no buckets
+            if not path.strip("/"):
+                raise RootzoneError(f"{what} '{url}' is the filesystem root; refusing to write there")
+            return
         if not path.strip("/") or "/" not in path.strip("/"):
             raise RootzoneError(f"{what} '{url}' is a bucket root; give a path inside the bucket")
         return

@@ -378,3 +378,14 @@ def test_b02_train_loader_corrupt_chunk(store, tmp_path):
     with pytest.raises(StoreError, match="cannot read its data"):
         StoreData(ds, Config(store=str(bad), folds=3, seq_len=400, warmup_days=100),
                   temporal_fold(ds.indexes["time"], 3, 0))
+
+
+def test_remote_urls_without_a_driver_and_memory_paths(tmp_path):
+    from rootzone.errors import RootzoneError
+    from rootzone.safety import check_output_path
+
+    check_output_path("memory://x.zarr")  # fsspec's in-process filesystem has no buckets
+    with pytest.raises(RootzoneError, match="filesystem root"):
+        check_output_path("memory://")
+    with pytest.raises(RootzoneError, match="nosuchproto"):
+        check_output_path("nosuchproto://bucket/x.zarr")
