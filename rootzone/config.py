@@ -70,9 +70,9 @@ class Config:
     physics: str = "auto"  # auto | fused | compiled | eager
     precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
-    epochs: int = 20
+    epochs: int = 40  # passes over the training basins
     batches_per_epoch: int = 0  # 0 = an epoch is one pass over the training basins; n > 0 caps it at n batches
-    batch_size: int = 64  # basins per batch
+    batch_size: int = 16  # basins per batch (16: the 64-basin demo gets 4 steps per epoch)
     batches_per_block: int = 16  # consecutive batches drawn from one decoded chunk of basins (I/O locality)
     seq_len: int = 730  # days per training window, warm-up included
     warmup_days: int = 365  # days at the start of every run excluded from the loss
