@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, help="number of temporal folds k (default 5)")
     p.add_argument("--fold", type=int, help="test fold, 0..k-1 (default 0)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--epochs", type=int, help="maximum epochs, each one pass over the training basins (default 40; early stopping may end sooner)")
+    p.add_argument("--epochs", type=int, help="maximum epochs, each one pass over the training basins "
+                                              "(default 40; early stopping may end sooner)")
     p.add_argument("--physics", help="physics implementation: auto | fused | compiled | eager (default auto)")
     p.add_argument("--device", help="auto | cpu | cuda (default auto)")
     p.add_argument("--resume", action="store_true",
