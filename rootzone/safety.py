@@ -151,8 +151,14 @@ def temp_sibling(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
     base = path.rstrip("/")
     if not base:
         raise RootzoneError("refusing to write a store at the filesystem root")
-    tmp = f"{base}{_TMP_TAG}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _temp_name(base)
     return tmp, protocol_url(fs, tmp)
+
+
+def _temp_name(base: str) -> str:
+    """``base`` + ``.tmp-<host>-<pid>-<hex8>``: every temporary of rootzone (stores and atomic files), so
+    :func:`clean_stale_temps` can tell a killed writer's leftovers from a running one's."""
+    return f"{base}{_TMP_TAG}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -166,9 +172,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """Remove temporary siblings of ``path`` left by a killed build on this host; return what was removed.
+    """Remove temporary siblings of ``path`` (stores or atomically written files) left by a killed writer on
+    this host; return what was removed.
 
-    Only local paths named by :func:`temp_sibling` on this host whose process no longer runs are removed.
+    Only local paths named by :func:`_temp_name` on this host whose process no longer runs are removed.
     """
     if not is_local(fs):
         return []
@@ -179,8 +186,12 @@ def clean_stale_temps(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
         return removed
     for sibling in base.parent.iterdir():
         m = pattern.match(sibling.name)
-        if m and not sibling.is_symlink() and sibling.is_dir() and not pid_alive(int(m.group(1))):
-            shutil.rmtree(sibling, ignore_errors=True)
+        if m and not sibling.is_symlink() and not pid_alive(int(m.group(1))):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    sibling.unlink()
             removed.append(str(sibling))
     return removed
 
@@ -198,7 +209,7 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
     fs, path = fs_and_path(url)
     if is_local(fs):
         p = Path(path)
-        tmp = p.with_name(f"{p.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = Path(_temp_name(str(p)))
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)

@@ -26,8 +26,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -59,7 +57,7 @@ from rootzone.experiment import (
 from rootzone.model import HybridModel
 from rootzone.physics import dispatch
 from rootzone.progress import progress_bar
-from rootzone.safety import DirLock, absolute_url, atomic_write_text, pid_alive
+from rootzone.safety import DirLock, absolute_url, atomic_write_text, clean_stale_temps, fs_and_path
 
 # Everything ``train`` writes into a run directory (``--overwrite`` removes these and nothing else).
 RUN_FILES = (BEST_PT, LAST_PT, METRICS_JSON, CONFIG_TOML, TRAIN_LOG)
@@ -422,9 +420,6 @@ def _close_logger(log: logging.Logger) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- run directory
-_TEMP_RE = re.compile(r"^(?:" + "|".join(re.escape(f) for f in RUN_FILES) + r")\.tmp-(\d+)-[0-9a-f]{8}$")
-
-
 _CONTRADICTION = ("--resume and --overwrite contradict each other: --resume continues the run in '{out}', "
                   "--overwrite starts it over")
 
@@ -460,16 +455,9 @@ def prepare_run_dir(cfg: Config, resume: bool = False, overwrite: bool = False) 
                                     "rootzone wrote; remove it yourself")
         for name in present:
             (out / name).unlink()
-    for leftover in out.iterdir():
-        m = _TEMP_RE.match(leftover.name)
-        if m and leftover.is_file() and not _pid_running(int(m.group(1))):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def _pid_running(pid: int) -> bool:
-    # this process holds the lock: no write of its own is in flight
-    return pid != os.getpid() and pid_alive(pid)
+    fs, _ = fs_and_path(str(out))
+    for name in RUN_FILES:
+        clean_stale_temps(fs, str(out / name))
 
 
 def _check_same_config(recorded: Path, cfg: Config) -> None:

@@ -373,7 +373,8 @@ def test_kill_during_checkpoint_save_keeps_the_previous_file(stores, run_copy, c
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     assert saved["state"]["epoch"] == 1
     monkeypatch.undo()
-    (run / "checkpoint.pt.tmp-999999999-deadbeef").write_bytes(b"debris of a killed write")
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"  # safety's temporary names
+    (run / f"checkpoint.pt.tmp-{host}-999999999-deadbeef").write_bytes(b"debris of a killed write")
     code, _, err = train(capsys, stores["clean"], run, "--config", cfg, "--resume", "--epochs", "2")
     assert code == 0, err
     assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 2
