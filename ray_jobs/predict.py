@@ -9,7 +9,6 @@ Submit from the repository root (the working dir makes ``rootzone`` importable o
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,12 +17,8 @@ try:
 except ModuleNotFoundError:  # `python ray_jobs/predict.py` puts ray_jobs/ (not the repo) on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rootzone.cli.guard import exit_process  # noqa: E402
 from rootzone.cli.predict import ray_main  # noqa: E402
 
 if __name__ == "__main__":
-    code = ray_main()
-    if code == 130:  # skip interpreter teardown, like `rootzone` (no pages of asyncio warnings)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
-    sys.exit(code)
+    exit_process(ray_main)

@@ -41,3 +41,18 @@ def guarded(func: Callable[..., int | None], *args: object) -> int:
         print(f"rootzone: internal error: {type(exc).__name__}: {_one_line(exc)} "
               "(set ROOTZONE_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
         return 1
+
+
+def exit_process(main: Callable[[], int]) -> None:
+    """Run ``main`` (an entry point returning an exit status) and exit with it; after an interrupt, exit without
+    interpreter teardown (Zarr's background event loop would otherwise print pages of "Task was destroyed"
+    warnings). Used by the ``rootzone`` console script and the ``ray_jobs/`` scripts."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first is being handled
+        code = 130
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)

@@ -6,8 +6,6 @@ Every verb turns user errors (:class:`RootzoneError`) into one line on stderr an
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 
 from rootzone.cli import data as data_cli
@@ -15,7 +13,7 @@ from rootzone.cli import ensemble as ensemble_cli
 from rootzone.cli import predict as predict_cli
 from rootzone.cli import report as report_cli
 from rootzone.cli import train as train_cli
-from rootzone.cli.guard import guarded
+from rootzone.cli.guard import exit_process, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +42,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console entry point: :func:`main`, then exit without interpreter teardown after an interrupt
-    (Zarr's background event loop would otherwise print pages of "Task was destroyed" warnings)."""
-    try:
-        code = main()
-    except KeyboardInterrupt:  # a second Ctrl-C while the first is being handled
-        code = 130
-    if code == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
-    sys.exit(code)
+    """Console entry point: :func:`main` through :func:`rootzone.cli.guard.exit_process`."""
+    exit_process(main)
