@@ -40,6 +40,7 @@ from rootzone import loss as loss_module
 from rootzone.config import Config
 from rootzone.data.folds import temporal_fold
 from rootzone.data.loader import Normaliser, StoreData
+from rootzone.data.records import FIRST, LAST
 from rootzone.data.schema import REQUIRED_FORCING, check_forcing_finite, open_store
 from rootzone.device import seed_everything, select_device, set_threads
 from rootzone.errors import RootzoneError
@@ -92,7 +93,8 @@ def check_training_data(data: StoreData, where: str) -> None:
     """Refuse forcing the trial would use (every basin, every day: evaluation runs the whole record) that
     :func:`rootzone.data.schema.check_forcing_finite` rejects: NaN/inf, negative precipitation."""
     used = list(dict.fromkeys([*data.dynamic_names, *REQUIRED_FORCING, *(["lai"] if data.has_lai else [])]))
-    check_forcing_finite(data.ds[[*used, "attributes"]], where)
+    bounds = [v for v in (FIRST, LAST) if v in data.ds]  # each basin's record (data/records.py)
+    check_forcing_finite(data.ds[[*used, "attributes", *bounds]], where)
 
 
 def store_fingerprint(data: StoreData) -> dict[str, Any]:
@@ -374,6 +376,15 @@ def _log_start(trial: Trial, resumed: bool) -> None:
     log.info("store %s: %d basins, %d days; fold %d/%d years %s; device %s, physics %s", cfg.store,
              data.n_basins, data.n_days, cfg.fold, cfg.folds, data.split.to_dict(), trial.device,
              trial.model.physics_impl)
+    if data.records.partial:
+        days = data.records.days(np.arange(data.n_basins))
+        log.info("basin records differ: %d to %d days (each basin trained and scored on its own record only)",
+                 days.min(), days.max())
+    if data.untrainable:
+        shown = ", ".join(data.untrainable[:10]) + (" ..." if len(data.untrainable) > 10 else "")
+        log.warning("%d basin(s) have no %d-day window of training days inside their record and are not "
+                    "trained on (still scored where they have observations): %s", len(data.untrainable),
+                    data.window_length(), shown)
     if cfg.precision == "bf16" and trial.device.type != "cuda":
         log.info("precision bf16 applies on CUDA only: the network runs in float32 on %s", trial.device)
     if resumed:

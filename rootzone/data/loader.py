@@ -33,6 +33,7 @@ import xarray as xr
 
 from rootzone.config import Config
 from rootzone.data.folds import FoldSplit
+from rootzone.data.records import compatible_batches, fill_outside, mask_outside, read_records, window_ranges
 from rootzone.data.schema import (
     REQUIRED_FORCING,
     daily_targets,
@@ -144,16 +145,28 @@ class StoreData:
         self._monthly_targets = [t.name for t in monthly_targets(self.targets)]
         self._daily_names = list(dict.fromkeys([*self.dynamic_names, *REQUIRED_FORCING, *self._daily_targets]
                                                + (["lai"] if self.has_lai else [])))
+        self._forcing_like = [v for v in self._daily_names if v not in self._daily_targets]
         chunks = ds["precipitation"].chunks
         sizes = chunks[0] if chunks else (self.n_basins,)
         self.block_edges = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._blocks: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        # the training basins: every basin (temporal folds hold out years, not basins)
-        self.train_basins = np.arange(self.n_basins, dtype=np.int64)
         self._prepared: dict[tuple[bytes, int, int], dict[str, np.ndarray]] = {}  # windows of the current round
         self._epoch: dict[str, int] | None = None  # seed and progress of the epoch being iterated
         self._resume: dict[str, int] | None = None  # an unfinished epoch to continue (restore_sampler)
         self._starts: dict[tuple[str, int, int], np.ndarray] = {}
+        # each basin's own record on the shared time axis (data/records.py); the training basins: every basin
+        # with a whole window of its record holding training days (temporal folds hold out years, not basins)
+        self.records = read_records(ds)
+        self.train_basins = np.arange(self.n_basins, dtype=np.int64)
+        if self.records.partial:
+            lo, hi = window_ranges(self.records, self.train_basins, self.window_length())
+            starts = self.window_starts("train")
+            can = (np.searchsorted(starts, lo) < np.searchsorted(starts, hi, side="right"))
+            self.train_basins = self.train_basins[can]
+            if not len(self.train_basins):
+                raise RootzoneError(f"no basin's record holds a {self.window_length()}-day window with training "
+                                    f"days after the warm-up: lower seq_len or use a longer period")
+        self.untrainable = [str(b) for b in np.setdiff1d(self.basin_ids, self.basin_ids[self.train_basins])]
 
     # ------------------------------------------------------------------ statistics
     def _fit_normaliser(self) -> Normaliser:
@@ -221,9 +234,15 @@ class StoreData:
         days_in_month = self.months[uniq].days_in_month
         months = uniq[counts == days_in_month]
         day_month = np.where(np.isin(slots, months), np.searchsorted(months, slots), -1)
-        obs = {t: torch.from_numpy(arr[t]) for t in self._daily_targets}
-        for t in self._monthly_targets:
-            obs[t] = torch.from_numpy(np.ascontiguousarray(arr[t][:, months]))
+        daily_obs = {t: arr[t] for t in self._daily_targets}
+        monthly_obs = {t: np.ascontiguousarray(arr[t][:, months]) for t in self._monthly_targets}
+        if self.records.partial:  # observations outside a basin's record are not used (data/records.py)
+            inside = self.records.inside(basins, start, length)
+            mask_outside(daily_obs, inside)
+            whole = np.stack([inside[:, day_month == m].all(axis=1) for m in range(len(months))], axis=1) \
+                if len(months) else np.zeros((len(basins), 0), bool)
+            mask_outside(monthly_obs, whole)
+        obs = {t: torch.from_numpy(a) for t, a in {**daily_obs, **monthly_obs}.items()}
         return Batch(
             basins=basins, start=start,
             x_dynamic=torch.from_numpy(x_dyn),
@@ -241,7 +260,11 @@ class StoreData:
         names = self._daily_names + self._monthly_targets
         with store_reads(self.where):
             sub = self.ds[names].isel(basin=rows).compute()
-        self._blocks[index] = {v: sub[v].values.astype(np.float32) for v in names}
+        block = {v: sub[v].values.astype(np.float32) for v in names}
+        if self.records.partial:  # whole-record reads: forcing outside a record repeats its first/last year
+            b = np.arange(rows.start, rows.stop)
+            fill_outside({v: block[v] for v in self._forcing_like}, self.records.first[b], self.records.last[b])
+        self._blocks[index] = block
         while len(self._blocks) > BLOCK_CACHE:
             self._blocks.popitem(last=False)
         return self._blocks[index]
@@ -270,9 +293,23 @@ class StoreData:
 
     # ------------------------------------------------------------------ training epochs
     def n_batches(self, max_batches: int = 0) -> int:
-        """Batches in one epoch: ceil(training basins / batch_size), at most ``max_batches`` when > 0."""
+        """Batches in one epoch: ceil(training basins / batch_size), at most ``max_batches`` when > 0. (When
+        records differ, batches hold basins whose records share a window, so an epoch may have a few more.)"""
         n = -(-len(self.train_basins) // self.cfg.batch_size)
         return min(n, max_batches) if max_batches > 0 else n
+
+    def _plan(self, plan: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+        """One epoch's batches (basins) and window starts, drawn with ``plan``."""
+        order = plan.permutation(self.train_basins)
+        candidates = self.window_starts("train")
+        if not self.records.partial:
+            groups = np.array_split(order, self.n_batches())
+            return groups, plan.choice(candidates, size=len(groups))
+        # records differ: a batch holds basins whose records share a window inside all of them
+        lo, hi = window_ranges(self.records, np.arange(self.n_basins), self.window_length())
+        batches = compatible_batches(order, lo, hi, candidates, self.cfg.batch_size)
+        batches = [batches[j] for j in plan.permutation(len(batches))]
+        return [b for b, _ in batches], np.array([plan.choice(shared) for _, shared in batches], np.int64)
 
     def window_length(self) -> int:
         """Days per training window (``seq_len``, at most the record)."""
@@ -302,6 +339,10 @@ class StoreData:
         returns the prepared window without another read. ``max_batches > 0`` stops the epoch after that many
         batches (:meth:`n_batches`).
 
+        Where basins' records differ (data/records.py), a batch holds basins whose records all contain its
+        window (greedy first fit over the shuffled order), so windows never cross missing forcing; basins whose
+        record holds no such window are not trained on (``untrainable``).
+
         The order and starts come from one seed drawn from ``rng`` when iteration begins, so a run resumed
         with the same ``rng`` state repeats the same batches; an epoch cut short is continued by the next
         call after :meth:`restore_sampler`.
@@ -311,12 +352,9 @@ class StoreData:
             self._resume = None
         else:
             seed, done = int(rng.integers(2**63 - 1)), 0
-        plan = np.random.default_rng(seed)
-        order = plan.permutation(self.train_basins)
-        groups = np.array_split(order, self.n_batches())
+        groups, starts = self._plan(np.random.default_rng(seed))
         length = self.window_length()
-        starts = plan.choice(self.window_starts("train"), size=len(groups))
-        n = self.n_batches(max_batches)
+        n = min(len(groups), max_batches) if max_batches > 0 else len(groups)
         per_round = max(1, ROUND_BASINS // self.cfg.batch_size)
         self._epoch = {"seed": seed, "done": done, "batches": n}
         try:

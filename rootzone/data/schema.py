@@ -275,7 +275,9 @@ def store_reads(where: str) -> Iterator[None]:
 
 
 def check_forcing_finite(ds: xr.Dataset, where: str = "store") -> None:
-    """Forcing and attributes may not hold NaN or ±inf, and precipitation may not be negative.
+    """Forcing and attributes may not hold NaN or ±inf, and precipitation may not be negative. Where the store
+    bounds each basin's record (``forcing_first_day``/``forcing_last_day``, rootzone/data/records.py), forcing
+    outside it is missing by design and only the days inside are checked.
 
     Reads the forcing basin block by basin block when ``ds`` is lazy (only per-basin counts are kept), so
     it may be called on a whole opened store as well as on in-memory training forcing. The message names
@@ -283,14 +285,24 @@ def check_forcing_finite(ds: xr.Dataset, where: str = "store") -> None:
     """
     import dask
 
+    from rootzone.data.records import read_records
+
     where = store_where(ds) if where == "store" else where
+    records = read_records(ds)
+    inside = None
+    if records.partial:
+        day = xr.DataArray(np.arange(records.n_days), dims="time")
+        inside = (day >= xr.DataArray(records.first, dims="basin")) & (day <= xr.DataArray(records.last, dims="basin"))
     counts: dict[tuple[str, str], xr.DataArray] = {}
     for name in [*forcing_names(ds), "attributes"]:
         if name not in ds:
             continue
         da = ds[name]
         other = [d for d in da.dims if d != "basin"]
-        counts[(name, "NaN/inf")] = (~np.isfinite(da)).sum(dim=other)
+        bad = ~np.isfinite(da)
+        if inside is not None and "time" in da.dims:
+            bad = bad & inside
+        counts[(name, "NaN/inf")] = bad.sum(dim=other)
         if name == "precipitation":
             counts[(name, "negative")] = (da < 0).sum(dim=other)
     with store_reads(where):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import zarr
 
+from rootzone.data.records import fill_outside, read_records
 from rootzone.data.schema import open_store, stack_forcing
 from rootzone.device import select_device
 from rootzone.experiment import LoadedMember, load_member
@@ -39,12 +40,22 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
     window = ds[job.inputs].isel(basin=slice(lo, hi)).compute()
     arr = {v: window[v].values.astype(np.float32) for v in job.inputs}  # [B, T]
     att = ds["attributes"].isel(basin=slice(lo, hi)).sel(attribute=job.attributes).values.astype(np.float64)
-    counts = np.stack([(~np.isfinite(arr[v])).sum(axis=1) for v in job.inputs]
+    # each basin's own record (data/records.py): missing forcing outside it is by design, not invalid; the
+    # whole-axis run repeats the record's first/last year there and its outputs there are NaN
+    records = read_records(ds)
+    inside = records.inside(np.arange(lo, hi))
+    counts = np.stack([(~np.isfinite(arr[v]) & inside).sum(axis=1) for v in job.inputs]
                       + [(~np.isfinite(att)).sum(axis=1)], axis=1).astype(np.int32)  # [B, inputs + 1]
     invalid = counts.sum(axis=1) > 0
     ids = [str(b) for b in window["basin"].values]
     reasons = {ids[i]: ", ".join(f"{n}: {c} NaN/inf" for n, c in zip([*job.inputs, "attributes"], counts[i]) if c)
                for i in np.flatnonzero(invalid)}
+    if records.partial:
+        valid = ~invalid
+        filled = {v: a[valid] for v, a in arr.items()}
+        fill_outside(filled, records.first[lo:hi][valid], records.last[lo:hi][valid])
+        for v, a in filled.items():
+            arr[v][valid] = a
     for v in arr:  # invalid basins run on zeros; their outputs are overwritten with NaN below
         arr[v][invalid] = 0.0
     att[invalid] = 0.0
@@ -60,6 +71,7 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
         for v in job.variables:
             x = series[v]
             x[invalid] = np.nan
+            x[~inside] = np.nan
             group[v][member, lo:hi, :] = x.astype(np.float32)
             delta = x - mean[v]  # Welford's update over members, float64
             mean[v] += delta / (k + 1)
