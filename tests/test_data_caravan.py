@@ -158,7 +158,7 @@ def test_netcdf_and_csv_give_the_same_store(tmp_path, capsys):
 
 def test_selection_period_and_chunks(tmp_path, capsys, monkeypatch):
     tables = make_caravan(tmp_path / "c", n_per_source=4, days=500)
-    # one basin starts later and one ends earlier: the default period is their intersection
+    # one basin starts later and one ends earlier: the default period is the union of the records
     late = tables["camels_0002"].iloc[30:]
     write_timeseries(tmp_path / "c/timeseries/csv/camels/camels_0002.csv", late, "csv")
     early = tables["camels_0003"].iloc[:-40]
@@ -175,10 +175,14 @@ def test_selection_period_and_chunks(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     ds = open_store(str(tmp_path / "s.zarr"))
     assert list(ds.basin.values) == [f"camels_{i:04d}" for i in range(4)]
-    assert (
-        str(ds.time.values[0])[:10] == late["date"].iloc[0]
-        and str(ds.time.values[-1])[:10] == early["date"].iloc[-1]
-    )
+    assert str(ds.time.values[0])[:10] == "2000-01-01" and ds.sizes["time"] == 500
+    first, last = ds.forcing_first_day.values, ds.forcing_last_day.values
+    assert str(first[2])[:10] == late["date"].iloc[0] and str(last[3])[:10] == early["date"].iloc[-1]
+    assert str(first[0])[:10] == "2000-01-01" and str(last[0])[:10] == str(ds.time.values[-1])[:10]
+    p = ds.precipitation.values
+    assert np.isnan(p[2, :30]).all() and np.isfinite(p[2, 30:]).all()  # NaN outside the record only
+    assert np.isnan(p[3, -40:]).all() and np.isfinite(p[3, :-40]).all()
+    assert np.isfinite(ds.temperature.values[[0, 1]]).all()
     assert sizes == [3, 1]  # streamed in blocks of --chunk-basins basins
     assert ds.precipitation.encoding["chunks"][0] == 3
     # --basins FILE, in any order; --start/--end
@@ -199,7 +203,7 @@ def test_gaps_filled_and_reported_tiny_negatives_clipped(tmp_path, capsys):
     write_timeseries(tmp_path / "c/timeseries/csv/camels/camels_0000.csv", df, "csv")
     code, out, err = run(capsys, "data", "caravan", tmp_path / "c", tmp_path / "s.zarr", "--quiet")
     assert code == 0, err
-    assert "precipitation: 5 days gap-filled" in out and "pet: 1 days" in out
+    assert "precipitation: 5 days gap-filled" in out and "pet: 1 day with negative values" in out
     ds = open_store(str(tmp_path / "s.zarr"))
     p = ds.precipitation.sel(basin="camels_0000").values
     src = tables["camels_0000"]["total_precipitation_sum"].to_numpy()

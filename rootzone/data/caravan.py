@@ -1,23 +1,35 @@
 """Build a store from Caravan (Kratzert et al. 2023, doi:10.1038/s41597-023-01975-w).
 
-Published layout read here::
+Published layouts read here::
 
     CARAVAN_DIR/timeseries/csv/<source>/<gauge_id>.csv        (column ``date``, YYYY-MM-DD), or
-    CARAVAN_DIR/timeseries/netcdf/<source>/<gauge_id>.nc      (dimension ``date``)
-    CARAVAN_DIR/attributes/<source>/attributes_*.csv          (joined on ``gauge_id``)
+    CARAVAN_DIR/timeseries/netcdf/<source>/<gauge_id>.nc      (dimension ``date``), or
+    CARAVAN_DIR/timeseries/netcdf/<source>/<any>.nc           combined: dims ``basin_id`` (or ``gauge_id``) ×
+                                                               ``time`` (or ``date``), basin ids as bytes or
+                                                               strings, attributes as (basin_id,) variables;
+                                                               CARAVAN_DIR may also be such a file itself
+    CARAVAN_DIR/attributes/<source>/attributes_*.csv          (joined on ``gauge_id``; optional for combined)
 
 Caravan columns (v1.x) and store variables: ``total_precipitation_sum`` (mm/d) -> precipitation,
-``temperature_2m_mean`` (°C) -> temperature, PET (mm/d; ``potential_evaporation_sum_FAO_PENMAN_MONTEITH``
-from v1.4, else ``potential_evaporation_sum`` / ``potential_evaporation_sum_ERA5_LAND``) -> pet,
+``temperature_2m_mean`` (°C; else the mean of ``temperature_2m_min``/``_max``) -> temperature, PET (mm/d;
+``potential_evaporation_sum_FAO_PENMAN_MONTEITH`` from v1.4, else ``potential_evaporation_sum`` /
+``potential_evaporation_sum_ERA5_LAND``; or derived with ``--pet-method``) -> pet,
 ``snow_depth_water_equivalent_mean`` (mm) -> extra input ``era5_swe``, ``streamflow`` (mm/d) -> target q.
-Caravan flips ERA5-Land's sign convention so evaporation is positive, but near-zero PET can come out
-slightly negative: values down to -0.1 mm/d are set to 0, anything more negative is refused.
+Caravan flips ERA5-Land's sign convention so evaporation is positive, but ERA5-Land PET is negative on
+days of condensation (dew, down to about -1.3 mm/d): values down to -5 mm/d are set to 0 and counted per
+basin, anything more negative (or mostly negative PET) is refused.
+
+Basins may have different records: the time axis is the union of the basins' forcing records (or
+``--start``/``--end``); each basin's record (first to last day with complete forcing) is stored as
+``forcing_first_day``/``forcing_last_day``; forcing is NaN outside it and complete inside it (gaps up to
+``--max-gap`` days interpolated and counted, longer ones refused or the basin dropped).
 
 Basins are read and written ``chunk_basins`` at a time (memory ~ chunk × days × variables × 4 bytes).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +45,48 @@ from rootzone.data.checks import (
     check_physical,
     parse_dates,
     parse_day,
+    plural,
     unit_factor,
 )
+from rootzone.data.pet import PET_METHODS, derive_pet
 from rootzone.data.schema import BASIN_CHUNK, StoreWriter, VariableSpec, make_template, month_index
 
-FORCING_COLUMNS = {"precipitation": "total_precipitation_sum", "temperature": "temperature_2m_mean"}
+PRECIP_COLUMN = "total_precipitation_sum"
+TMEAN_COLUMN, TMIN_COLUMN, TMAX_COLUMN = "temperature_2m_mean", "temperature_2m_min", "temperature_2m_max"
+FORCING_COLUMNS = {"precipitation": PRECIP_COLUMN, "temperature": TMEAN_COLUMN}
 PET_COLUMNS = ("potential_evaporation_sum_FAO_PENMAN_MONTEITH", "potential_evaporation_sum",
                "potential_evaporation_sum_ERA5_LAND")
+RADIATION_COLUMNS = ("surface_net_solar_radiation_mean", "surface_net_thermal_radiation_mean")  # W m-2
+PRESSURE_COLUMN = "surface_pressure_mean"  # kPa
+LATITUDE_ATTRIBUTES = ("gauge_lat", "lat", "latitude")  # degrees north
+ELEVATION_ATTRIBUTES = ("ele_mt_sav", "elev_mean", "elevation")  # m
 SWE_COLUMN, SWE_INPUT = "snow_depth_water_equivalent_mean", "era5_swe"
 STREAMFLOW_COLUMN = "streamflow"
+BASIN_DIMS = ("basin_id", "gauge_id", "basin")  # the basin dimension of a combined NetCDF
+TIME_DIMS = ("date", "time")
 CANONICAL_UNITS = {"precipitation": "mm/d", "temperature": "degC", "pet": "mm/d", "q": "mm/d",
                    SWE_INPUT: "mm"}
+COLUMN_UNITS = {PRECIP_COLUMN: "mm/d", TMEAN_COLUMN: "degC", TMIN_COLUMN: "degC", TMAX_COLUMN: "degC",
+                SWE_COLUMN: "mm", STREAMFLOW_COLUMN: "mm/d", PRESSURE_COLUMN: "kPa",
+                **{c: "W m-2" for c in RADIATION_COLUMNS}}
 Q_HINT = "; streamflow must be >= 0 (a missing-value code? leave the cell empty)"
+BASIN_INFO = (  # per-basin variables of the store (role basin_info, dims (basin,))
+    VariableSpec("forcing_first_day", "basin_info", "", ("basin",), "datetime64[ns]",
+                 "first day of the basin's forcing record"),
+    VariableSpec("forcing_last_day", "basin_info", "", ("basin",), "datetime64[ns]",
+                 "last day of the basin's forcing record"),
+    VariableSpec("forcing_gap_days", "basin_info", "1", ("basin",), "int32",
+                 "number of days inside the record on which a forcing gap was filled by linear interpolation"),
+    VariableSpec("pet_negative_days", "basin_info", "1", ("basin",), "int32",
+                 "number of days of negative PET (ERA5-Land condensation) set to 0"),
+    VariableSpec("pet_method", "basin_info", "1", ("basin",), "int8",
+                 "source of PET: index into the flag_meanings attribute"),
+)
+
+
+class CoverageError(InputDataError):
+    """A basin whose forcing does not cover what the build needs (no overlap with --start/--end, a gap
+    longer than --max-gap): refused, or the basin dropped with --drop-bad-basins."""
 
 
 @dataclass
@@ -56,50 +98,108 @@ class CaravanBuild:
     sources: list[str] | None = None
     basins_file: Path | None = None
     extra_dir: Path | None = None
-    max_gap: int = 5
+    max_gap: int = 3
     overwrite: bool = False
     fmt: str = "auto"
     start: str | None = None
     end: str | None = None
     pet_column: str | None = None
+    pet_method: str | None = None
     era5_swe: bool = True
     attributes: list[str] | None = None
+    drop_bad_basins: bool = False
     chunk_basins: int = BASIN_CHUNK
     report: GapReport = field(default_factory=GapReport)
 
 
 @dataclass
+class BasinPlan:
+    """One basin: its file, the columns it is read from, its PET source and its forcing record."""
+
+    gauge: str
+    path: Path
+    source: str
+    temperature: list[str]  # [mean] or [min, max]
+    pet: str  # a PET column of the file, or a method of PET_METHODS
+    inputs: list[str]  # every column its forcing is made of (gap-checked, gap-filled)
+    first: pd.Timestamp
+    last: pd.Timestamp
+
+
+@dataclass
 class Layout:
-    """What the build found: basin files, the common period, the columns to read."""
+    """What the build found: the basins (kept), the time axis, the products, the dropped basins."""
 
     fmt: str
-    files: dict[str, Path]  # gauge_id -> timeseries file
-    sources: dict[str, str]  # gauge_id -> source folder
+    basins: dict[str, BasinPlan]  # gauge_id -> plan, sorted
     time: pd.DatetimeIndex
-    columns: dict[str, str]  # store variable -> Caravan column
+    era5_swe: bool
     daily_products: list[str]
     monthly_products: list[str]
+    attributes: pd.DataFrame  # every numeric attribute of the kept basins (latitude etc. for PET)
+    dropped: list[str]  # one line per dropped basin (--drop-bad-basins)
+    pet_sources: list[str]  # the meanings of the codes of 'pet_method'
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {g: b.path for g, b in self.basins.items()}
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {g: b.source for g, b in self.basins.items()}
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+def detect_format(root: Path) -> str:
+    """``combined`` (one NetCDF with a basin dimension), ``netcdf`` (one file per basin) or ``csv``."""
+    if root.is_file():
+        return "combined"
+    base = root / "timeseries" / "netcdf"
+    if base.is_dir():
+        first = next(iter(sorted(base.glob("*/*.nc"))), None)
+        return "combined" if first is not None and _combined_dim(first) else "netcdf"
+    if (root / "timeseries" / "csv").is_dir():
+        return "csv"
+    raise InputDataError(f"{root}: no timeseries/netcdf or timeseries/csv folder (not a Caravan directory)")
+
+
+def _combined_dim(path: Path) -> str | None:
+    try:
+        with xr.open_dataset(path) as ds:
+            return next((d for d in BASIN_DIMS if d in ds.dims), None)
+    except Exception as exc:  # netCDF/HDF5 errors come in many types
+        raise InputDataError(f"{path}: cannot read NetCDF ({type(exc).__name__}: {exc})") from None
+
+
+@functools.lru_cache(maxsize=16)
+def combined_ids(path: Path) -> tuple[str, dict[str, int]]:
+    """(basin dimension, {gauge id: index}) of a combined NetCDF; byte-string ids are decoded."""
+    dim = _combined_dim(path)
+    if dim is None:
+        raise InputDataError(f"{path}: no basin dimension ({' or '.join(BASIN_DIMS)}); not a combined file")
+    with xr.open_dataset(path) as ds:
+        raw = ds[dim].values
+    ids = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in raw.tolist()]
+    index = {g: i for i, g in enumerate(ids)}
+    if len(index) != len(ids):
+        dup = pd.Index(ids)[pd.Index(ids).duplicated()][0]
+        raise InputDataError(f"{path}: basin {dup} appears twice in '{dim}'")
+    return dim, index
 
 
 def find_basins(opts: CaravanBuild) -> tuple[str, dict[str, Path], dict[str, str]]:
     """Format and the timeseries file of every selected basin (sorted by gauge id)."""
     root = Path(opts.root)
-    if not root.is_dir():
+    if not root.exists():
         raise InputDataError(f"Caravan directory '{root}' does not exist")
-    fmt = opts.fmt
-    if fmt == "auto":
-        fmt = next((f for f in ("netcdf", "csv") if (root / "timeseries" / f).is_dir()), "")
-        if not fmt:
-            raise InputDataError(f"{root}: no timeseries/netcdf or timeseries/csv folder "
-                                 "(not a Caravan directory)")
+    fmt = detect_format(root) if opts.fmt == "auto" else opts.fmt
+    if fmt == "combined":
+        return fmt, *_find_combined(root, opts)
     base, ext = root / "timeseries" / fmt, ".nc" if fmt == "netcdf" else ".csv"
     if not base.is_dir():
         raise InputDataError(f"{base}: folder missing (--format {fmt})")
-    sources = opts.sources or sorted(d.name for d in base.iterdir() if d.is_dir())
-    for s in sources:
-        if not (base / s).is_dir():
-            raise InputDataError(f"{base / s}: no such source folder (sources here: "
-                                 f"{', '.join(sorted(d.name for d in base.iterdir() if d.is_dir()))})")
+    sources = _check_sources(base, opts.sources)
     if opts.basins_file is not None:
         wanted = _read_basin_list(Path(opts.basins_file))
         files, src = {}, {}
@@ -117,6 +217,44 @@ def find_basins(opts: CaravanBuild) -> tuple[str, dict[str, Path], dict[str, str
         raise InputDataError(f"{base}: no {ext} files for sources {', '.join(sources)}")
     order = sorted(files)
     return fmt, {g: files[g] for g in order}, {g: src[g] for g in order}
+
+
+def _check_sources(base: Path, wanted: list[str] | None) -> list[str]:
+    sources = wanted or sorted(d.name for d in base.iterdir() if d.is_dir())
+    for s in sources:
+        if not (base / s).is_dir():
+            raise InputDataError(f"{base / s}: no such source folder (sources here: "
+                                 f"{', '.join(sorted(d.name for d in base.iterdir() if d.is_dir()))})")
+    return sources
+
+
+def _find_combined(root: Path, opts: CaravanBuild) -> tuple[dict[str, Path], dict[str, str]]:
+    """Combined files: ROOT itself, or every .nc under timeseries/netcdf/<source>/ (source = folder)."""
+    if root.is_file():
+        tables = [(root, root.stem)]
+    else:
+        base = root / "timeseries" / "netcdf"
+        if not base.is_dir():
+            raise InputDataError(f"{base}: folder missing (--format combined)")
+        tables = [(p, s) for s in _check_sources(base, opts.sources) for p in sorted((base / s).glob("*.nc"))]
+        if not tables:
+            raise InputDataError(f"{base}: no .nc files")
+    files: dict[str, Path] = {}
+    src: dict[str, str] = {}
+    for path, source in tables:
+        for g in combined_ids(path)[1]:
+            if g in files:
+                raise InputDataError(f"{path}: basin {g} is also in {files[g]}")
+            files[g], src[g] = path, source
+    if opts.basins_file is not None:
+        wanted = _read_basin_list(Path(opts.basins_file))
+        absent = [g for g in wanted if g not in files]
+        if absent:
+            raise InputDataError(f"basin {absent[0]} (listed in {opts.basins_file}) is in no combined file "
+                                 f"({', '.join(str(p) for p, _ in tables[:3])})")
+        files = {g: files[g] for g in wanted}
+    order = sorted(files)
+    return {g: files[g] for g in order}, {g: src[g] for g in order}
 
 
 def _read_basin_list(path: Path) -> list[str]:
@@ -149,12 +287,16 @@ def read_timeseries(path: Path, fmt: str, columns: list[str] | None, gauge: str)
     else:
         try:
             with xr.open_dataset(path) as ds:
-                dim = "date" if "date" in ds.dims else ("time" if "time" in ds.dims else None)
-                if dim is None:
-                    raise InputDataError(f"{where}: no 'date' dimension")
+                if fmt == "combined":
+                    dim, index = combined_ids(path)
+                    ds = ds.isel({dim: index[gauge]})
+                tdim = next((d for d in TIME_DIMS if d in ds.dims), None)
+                if tdim is None:
+                    raise InputDataError(f"{where}: no 'date' or 'time' dimension")
                 keep = [c for c in (columns or []) if c in ds.data_vars]
                 units = {c: ds[c].attrs["units"] for c in keep if "units" in ds[c].attrs}
-                df = ds[keep].to_dataframe() if keep else pd.DataFrame(index=ds.indexes[dim])
+                cols = {c: ds[c].values for c in keep if ds[c].dims == (tdim,)}
+                df = pd.DataFrame(cols, index=ds.indexes[tdim])
         except InputDataError:
             raise
         except Exception as exc:  # netCDF/HDF5 errors come in many types
@@ -167,83 +309,209 @@ def read_timeseries(path: Path, fmt: str, columns: list[str] | None, gauge: str)
     return df
 
 
+def columns_of(path: Path, fmt: str, gauge: str) -> list[str]:
+    """The column (variable) names of one basin's table."""
+    where = f"{path} (basin {gauge})"
+    try:
+        if fmt == "csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        with xr.open_dataset(path) as ds:
+            tdim = next((d for d in TIME_DIMS if d in ds.dims), None)
+            return [str(v) for v in ds.data_vars if tdim in ds[v].dims]
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputDataError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+def choose_columns(opts: CaravanBuild, header: list[str], where: str, swe: bool) -> tuple[list[str], str, list[str]]:
+    """(temperature columns, PET column or method, every forcing input column) of one basin's header."""
+    if TMEAN_COLUMN in header:
+        temperature = [TMEAN_COLUMN]
+    elif TMIN_COLUMN in header and TMAX_COLUMN in header:
+        temperature = [TMIN_COLUMN, TMAX_COLUMN]
+    else:
+        raise InputDataError(f"{where}: missing required column '{TMEAN_COLUMN}' (or both "
+                             f"'{TMIN_COLUMN}' and '{TMAX_COLUMN}')")
+    if opts.pet_column:
+        pet = opts.pet_column
+    else:
+        pet = next((c for c in PET_COLUMNS if c in header), None) or opts.pet_method or ""
+        if not pet:
+            raise InputDataError(f"{where}: no PET column (looked for {', '.join(PET_COLUMNS)}); derive PET "
+                                 f"from temperature with --pet-method {'|'.join(PET_METHODS)}")
+    needs: list[str] = []
+    if pet == "hargreaves":
+        needs = [TMIN_COLUMN, TMAX_COLUMN]
+    elif pet == "priestley-taylor":
+        needs = list(RADIATION_COLUMNS) + ([PRESSURE_COLUMN] if PRESSURE_COLUMN in header else [])
+    for col in needs:
+        if col not in header:
+            raise InputDataError(f"{where}: --pet-method {pet} needs column '{col}', which is missing")
+    derived = pet in PET_METHODS
+    inputs = [PRECIP_COLUMN, *temperature, *([] if derived else [pet]),
+              *[c for c in needs if c not in temperature], *([SWE_COLUMN] if swe else [])]
+    return temperature, pet, inputs
+
+
+def scan_basin(opts: CaravanBuild, fmt: str, path: Path, gauge: str, source: str, swe: bool,
+               window: tuple[pd.Timestamp | None, pd.Timestamp | None]) -> BasinPlan:
+    """Choose one basin's columns and find its forcing record: the first to the last day (inside
+    ``window``) on which every forcing input has a value; inside it no input may miss more than
+    --max-gap days in a row (CoverageError otherwise)."""
+    where = f"{path} (basin {gauge})"
+    temperature, pet, inputs = choose_columns(opts, columns_of(path, fmt, gauge), where, swe)
+    df = read_timeseries(path, fmt, inputs, gauge)
+    if len(df) == 0:
+        raise InputDataError(f"{where}: no rows")
+    values = np.column_stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in inputs])
+    complete = ~np.isnan(values).any(axis=1)
+    lo, hi = window
+    inside = complete & (df.index >= lo if lo is not None else True) & (df.index <= hi if hi is not None else True)
+    if not inside.any():
+        if not complete.any():
+            raise CoverageError(f"{where}: no day with every forcing input ({', '.join(inputs)})")
+        days = df.index[complete]
+        raise CoverageError(f"{where}: its forcing record {days[0]:%Y-%m-%d} to {days[-1]:%Y-%m-%d} does not "
+                            f"overlap --start/--end {_day(lo, 'the beginning')} to {_day(hi, 'the end')}")
+    days = df.index[inside]
+    first, last = days[0], days[-1]
+    span = pd.date_range(first, last, freq="D")
+    sub = pd.DataFrame(values, index=df.index, columns=inputs).reindex(span)
+    for col in inputs:
+        nan = sub[col].isna().to_numpy()
+        if not nan.any():
+            continue
+        edges = np.diff(np.r_[0, nan.astype(np.int8), 0])
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        i = int(np.argmax(stops - starts))
+        if stops[i] - starts[i] > opts.max_gap:
+            raise CoverageError(
+                f"{where}: '{col}' is missing for {plural(int(stops[i] - starts[i]), 'day')} from "
+                f"{span[starts[i]]:%Y-%m-%d} to {span[stops[i] - 1]:%Y-%m-%d} (gaps up to --max-gap "
+                f"{opts.max_gap} days are interpolated; longer ones are refused, or pass --drop-bad-basins)")
+    return BasinPlan(gauge, path, source, temperature, pet, inputs, first, last)
+
+
+def _day(t: pd.Timestamp | None, default: str) -> str:
+    return default if t is None else f"{t:%Y-%m-%d}"
+
+
 def plan(opts: CaravanBuild, progress: Callable[[int, int], None] | None = None) -> Layout:
-    """Find the basins, choose the columns, and fix the common period (intersection of the files' date
-    ranges unless --start/--end are given), checking every file's dates on the way."""
+    """Find the basins, choose their columns, scan each one's forcing record (dropping basins with
+    --drop-bad-basins) and fix the time axis: the union of the records unless --start/--end are given."""
     fmt, files, sources = find_basins(opts)
-    first_gauge, first = next(iter(files.items()))
-    head = _columns_of(first, fmt)
-    pet = opts.pet_column or next((c for c in PET_COLUMNS if c in head), None)
-    if pet is None:
-        raise InputDataError(f"{first} (basin {first_gauge}): no PET column "
-                             f"(looked for {', '.join(PET_COLUMNS)})")
-    columns = {**FORCING_COLUMNS, "pet": pet, "q": STREAMFLOW_COLUMN}
-    if opts.era5_swe and SWE_COLUMN in head:
-        columns[SWE_INPUT] = SWE_COLUMN
+    if opts.pet_method is not None and opts.pet_method not in PET_METHODS:
+        raise InputDataError(f"--pet-method {opts.pet_method!r} is unknown (choose {', '.join(PET_METHODS)})")
     lo = parse_day(opts.start, "--start")
     hi = parse_day(opts.end, "--end")
     if lo is not None and hi is not None and hi <= lo:
         raise InputDataError(f"--end {hi:%Y-%m-%d} is not after --start {lo:%Y-%m-%d}")
-    if lo is None or hi is None:
-        for i, (g, path) in enumerate(files.items()):
-            dates = read_timeseries(path, fmt, None, g).index
-            if len(dates) == 0:
-                raise InputDataError(f"{path} (basin {g}): no rows")
-            first_day, last_day = dates[0], dates[-1]
-            lo = first_day if opts.start is None and (lo is None or first_day > lo) else lo
-            hi = last_day if opts.end is None and (hi is None or last_day < hi) else hi
-            if progress:
-                progress(i + 1, len(files))
-    if lo is None or hi is None or hi - lo < pd.Timedelta(days=1):
-        raise InputDataError(f"the selected basins share no common period (latest start {lo:%Y-%m-%d}, "
-                             f"earliest end {hi:%Y-%m-%d}); select basins with --basins or set --start/--end")
-    daily, monthly = (products.product_variables(opts.extra_dir, first_gauge) if opts.extra_dir else ([], []))
-    return Layout(fmt, files, sources, pd.date_range(lo, hi, freq="D"), columns, daily, monthly)
+    first_gauge, first_path = next(iter(files.items()))
+    swe = opts.era5_swe and SWE_COLUMN in columns_of(first_path, fmt, first_gauge)
+    attributes = read_attributes(Path(opts.root), fmt, files, sources)
+    basins: dict[str, BasinPlan] = {}
+    dropped: list[str] = []
+    for i, (g, path) in enumerate(files.items()):
+        try:
+            basins[g] = scan_basin(opts, fmt, path, g, sources[g], swe, (lo, hi))
+        except CoverageError as exc:
+            if not opts.drop_bad_basins:
+                raise
+            dropped.append(str(exc))
+        if progress:
+            progress(i + 1, len(files))
+    if not basins:
+        raise InputDataError(f"every selected basin was dropped ({plural(len(dropped), 'basin')}; the first: "
+                             f"{dropped[0]})")
+    start = lo if lo is not None else min(b.first for b in basins.values())
+    end = hi if hi is not None else max(b.last for b in basins.values())
+    if end - start < pd.Timedelta(days=1):
+        raise InputDataError(f"the period {start:%Y-%m-%d} to {end:%Y-%m-%d} is shorter than two days; "
+                             "select basins with longer records or set --start/--end")
+    kept = next(iter(basins))
+    daily, monthly = (products.product_variables(opts.extra_dir, kept) if opts.extra_dir else ([], []))
+    pets = sorted({b.pet for b in basins.values()}, key=lambda p: (p in PET_METHODS, p))
+    return Layout(fmt, basins, pd.date_range(start, end, freq="D"), swe, daily, monthly,
+                  attributes.loc[list(basins)], dropped, pets)
 
 
-def _columns_of(path: Path, fmt: str) -> list[str]:
-    if fmt == "csv":
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    with xr.open_dataset(path) as ds:
-        return [str(v) for v in ds.data_vars]
+# ------------------------------------------------------------------------------------------------ attributes
 
+def read_attributes(root: Path, fmt: str, files: dict[str, Path], sources: dict[str, str]) -> pd.DataFrame:
+    """Every numeric attribute of the basins [basin × attribute] (float64; NaN = missing): the
+    ``attributes/<source>/attributes_*.csv`` tables joined on ``gauge_id`` (required for the per-basin
+    layouts, optional for a combined file), and the (basin,) variables of a combined file. A column of a
+    table with no value at all (e.g. an empty text column such as ``country``) is no attribute."""
+    columns: dict[str, pd.Series] = {}
+    gauges = list(files)
 
-def load_attributes(root: Path, sources: dict[str, str],
-                    names: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
-    """Numeric attributes of the basins [basin × attribute] (float64), from every
-    ``attributes/<source>/attributes_*.csv`` joined on ``gauge_id``. Without ``names``, columns with a
-    missing value for any selected basin are dropped (returned second); with ``names`` they are refused."""
-    parts = []
+    def add(col: str, values: pd.Series, tag: str) -> None:
+        if col in columns:
+            old = columns[col]
+            both = old.notna() & values.notna()
+            if not both.any() or np.allclose(old[both], values[both]):
+                columns[col] = old.fillna(values)
+                return
+            col = f"{col}_{tag}"
+        columns[col] = columns[col].fillna(values) if col in columns else values
+
     for source in sorted(set(sources.values())):
-        gauges = [g for g, s in sources.items() if s == source]
-        tables = sorted((Path(root) / "attributes" / source).glob("attributes_*.csv"))
-        if not tables:
-            raise InputDataError(f"{Path(root) / 'attributes' / source}: no attributes_*.csv tables for "
-                                 f"source '{source}'")
-        frame = pd.DataFrame(index=pd.Index(gauges, name="gauge_id"))
+        members = [g for g in gauges if sources[g] == source]
+        folder = Path(root) / "attributes" / source
+        tables = sorted(folder.glob("attributes_*.csv")) if not Path(root).is_file() else []
+        if not tables and fmt != "combined":
+            raise InputDataError(f"{folder}: no attributes_*.csv tables for source '{source}'")
         for table in tables:
-            df = pd.read_csv(table, dtype={"gauge_id": str})
-            if "gauge_id" not in df.columns:
-                raise InputDataError(f"{table}: missing required column 'gauge_id'")
-            dup = df["gauge_id"][df["gauge_id"].duplicated()]
-            if len(dup):
-                raise InputDataError(f"{table}: basin {dup.iloc[0]} appears twice")
-            df = df.set_index("gauge_id")
-            absent = [g for g in gauges if g not in df.index]
+            df = _read_table(table)
+            absent = [g for g in members if g not in df.index]
             if absent:
                 more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
                 raise InputDataError(f"{table}: basin {absent[0]}{more} missing from the attribute table")
-            numeric = df.loc[gauges].select_dtypes(include=["number", "bool"]).astype(np.float64)
-            for col in numeric.columns:
-                if col in frame.columns:
-                    if np.allclose(frame[col], numeric[col], equal_nan=True):
-                        continue
-                    tag = table.stem.removeprefix("attributes_").removesuffix("_" + source)
-                    frame[f"{col}_{tag}"] = numeric[col]
-                else:
-                    frame[col] = numeric[col]
-        parts.append(frame)
-    att = pd.concat(parts, axis=0).loc[list(sources)]
+            tag = table.stem.removeprefix("attributes_").removesuffix("_" + source)
+            for col in df.columns:
+                add(col, df.loc[members, col].reindex(gauges), tag)
+    if fmt == "combined":
+        for path in sorted(set(files.values()), key=str):
+            for col, values in _combined_attributes(path, [g for g in gauges if files[g] == path]).items():
+                add(col, values.reindex(gauges), path.stem)
+    return pd.DataFrame(columns, index=pd.Index(gauges, name="gauge_id"), dtype=np.float64)
+
+
+def _read_table(table: Path) -> pd.DataFrame:
+    """One attribute table indexed by gauge_id: its numeric (and boolean) columns with any value, float64."""
+    try:
+        df = pd.read_csv(table, dtype={"gauge_id": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputDataError(f"{table}: cannot read CSV ({exc})") from None
+    if "gauge_id" not in df.columns:
+        raise InputDataError(f"{table}: missing required column 'gauge_id'")
+    dup = df["gauge_id"][df["gauge_id"].duplicated()]
+    if len(dup):
+        raise InputDataError(f"{table}: basin {dup.iloc[0]} appears twice")
+    df = df.set_index("gauge_id")
+    df = df.loc[:, df.notna().any()]  # an empty column (e.g. country left blank) carries nothing
+    return df.select_dtypes(include=["number", "bool"]).astype(np.float64)
+
+
+def _combined_attributes(path: Path, gauges: list[str]) -> dict[str, pd.Series]:
+    """The numeric (basin,) variables of a combined file for ``gauges``."""
+    dim, index = combined_ids(path)
+    out = {}
+    with xr.open_dataset(path) as ds:
+        for name in ds.data_vars:
+            da = ds[name]
+            if da.dims == (dim,) and (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
+                values = da.values[[index[g] for g in gauges]].astype(np.float64)
+                if np.isfinite(values).any():
+                    out[str(name)] = pd.Series(values, index=gauges)
+    return out
+
+
+def select_attributes(att: pd.DataFrame, names: list[str] | None,
+                      sources: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """Without ``names``, columns with a missing value for any basin are dropped (returned second); with
+    ``names`` exactly those, and a missing value is refused."""
     if names:
         unknown = [n for n in names if n not in att.columns]
         if unknown:
@@ -261,38 +529,107 @@ def load_attributes(root: Path, sources: dict[str, str],
     return att.drop(columns=dropped), dropped
 
 
+def load_attributes(root: Path, sources: dict[str, str],
+                    names: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
+    """Numeric attributes of the basins of a per-basin layout [basin × attribute] (float64) and the names
+    of the columns dropped for missing values (see :func:`read_attributes`, :func:`select_attributes`)."""
+    files = {g: Path(root) for g in sources}
+    return select_attributes(read_attributes(root, "csv", files, sources), names, sources)
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+def _attribute(att: pd.DataFrame, gauge: str, names: tuple[str, ...], what: str, method: str) -> float:
+    for n in names:
+        if n in att.columns and np.isfinite(att.at[gauge, n]):
+            return float(att.at[gauge, n])
+    raise InputDataError(f"basin {gauge}: --pet-method {method} needs the {what}, but no attribute "
+                         f"{' or '.join(repr(n) for n in names)} has a value for it")
+
+
 def load_basin(opts: CaravanBuild, layout: Layout, gauge: str) -> dict[str, np.ndarray]:
-    """Checked, gap-filled arrays of one basin: forcing and daily targets [T], monthly targets [M]."""
-    path, time = layout.files[gauge], layout.time
-    where = f"{path} (basin {gauge})"
-    df = read_timeseries(path, layout.fmt, list(layout.columns.values()), gauge)
+    """Checked arrays of one basin on the time axis: forcing [T] (gap-filled inside the record, NaN outside),
+    daily targets [T], monthly targets [M], and its per-basin facts (see BASIN_INFO)."""
+    b, time = layout.basins[gauge], layout.time
+    where = f"{b.path} (basin {gauge})"
+    df = read_timeseries(b.path, layout.fmt, [*b.inputs, STREAMFLOW_COLUMN], gauge)
     units = df.attrs["units"]
     df = df.reindex(time)
-    out: dict[str, np.ndarray] = {}
-    for name, col in layout.columns.items():
+    rec = slice(time.get_loc(b.first), time.get_loc(b.last) + 1)
+    rtime = time[rec]
+
+    def column(col: str, canonical: str) -> np.ndarray:
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-        values = values * unit_factor(units.get(col), CANONICAL_UNITS[name], where, col)
-        check_physical(name, values, time, where, label=col, max_gap=None if name == "q" else opts.max_gap,
-                       report=opts.report, gauge=gauge, hint=Q_HINT if name == "q" else "")
-        out[name] = values.astype(np.float32)
+        return values * unit_factor(units.get(col), canonical, where, col)
+
+    raw = {c: column(c, COLUMN_UNITS.get(c, "mm/d")) for c in b.inputs}
+    gap_days = int(np.isnan(np.column_stack([raw[c][rec] for c in b.inputs])).any(axis=1).sum())
+
+    def forcing(name: str, col: str) -> np.ndarray:
+        """[T]: NaN outside the record, checked and gap-filled inside it (in place on the view)."""
+        values = raw[col]
+        values[: rec.start] = np.nan
+        values[rec.stop:] = np.nan
+        check_physical(name, values[rec], rtime, where, label=col, max_gap=opts.max_gap, report=opts.report,
+                       gauge=gauge)
+        return values
+
+    out: dict[str, np.ndarray] = {"precipitation": forcing("precipitation", PRECIP_COLUMN)}
+    temps = {c: forcing("temperature", c) for c in {*b.temperature, *(c for c in b.inputs if "temperature" in c)}}
+    tmean = temps[TMEAN_COLUMN] if TMEAN_COLUMN in temps else 0.5 * (temps[TMIN_COLUMN] + temps[TMAX_COLUMN])
+    out["temperature"] = tmean
+    if b.pet in PET_METHODS:
+        pet = np.full(len(time), np.nan)
+        series = lambda a: pd.Series(a[rec], index=rtime)  # noqa: E731
+        kwargs: dict = {}
+        if b.pet == "hargreaves":
+            kwargs = {"tmin": series(temps[TMIN_COLUMN]), "tmax": series(temps[TMAX_COLUMN])}
+        elif b.pet == "priestley-taylor":
+            rad = [forcing("radiation", c) for c in RADIATION_COLUMNS]
+            kwargs["net_radiation_w_m2"] = series(rad[0] + rad[1])
+            if PRESSURE_COLUMN in b.inputs:
+                kwargs["pressure_kpa"] = series(forcing("pressure", PRESSURE_COLUMN))
+            else:
+                kwargs["elevation_m"] = _attribute(layout.attributes, gauge, ELEVATION_ATTRIBUTES,
+                                                   "elevation (or a surface_pressure_mean column)", b.pet)
+        lat = (_attribute(layout.attributes, gauge, LATITUDE_ATTRIBUTES, "latitude", b.pet)
+               if b.pet != "priestley-taylor" else 0.0)
+        pet[rec] = derive_pet(b.pet, series(tmean), lat, **kwargs)
+        check_physical("pet", pet[rec], rtime, where, label=f"PET ({b.pet})", report=opts.report, gauge=gauge)
+        out["pet"] = pet
+    else:
+        out["pet"] = forcing("pet", b.pet)
+    if layout.era5_swe:
+        out[SWE_INPUT] = forcing(SWE_INPUT, SWE_COLUMN)
+    q = column(STREAMFLOW_COLUMN, "mm/d")
+    check_physical("q", q, time, where, label=STREAMFLOW_COLUMN, hint=Q_HINT)
+    out["q"] = q
+    out = {k: v.astype(np.float32) for k, v in out.items()}
     if layout.daily_products:
         out.update(products.read_daily(opts.extra_dir, gauge, time, layout.daily_products, opts.max_gap,
-                                       opts.report))
+                                       opts.report, record=rec))
     if layout.monthly_products:
         out.update(products.read_monthly(opts.extra_dir, gauge, month_index(time), layout.monthly_products))
+    out["forcing_first_day"] = np.datetime64(b.first, "ns")
+    out["forcing_last_day"] = np.datetime64(b.last, "ns")
+    out["forcing_gap_days"] = np.int32(gap_days)
+    out["pet_negative_days"] = np.int32(opts.report.clipped.get("pet", {}).get(gauge, 0))
+    out["pet_method"] = np.int8(layout.pet_sources.index(b.pet))
     return out
 
 
 def variable_specs(layout: Layout) -> list[VariableSpec]:
-    specs = [VariableSpec(n, "target" if n == "q" else "forcing", CANONICAL_UNITS[n]) for n in layout.columns]
+    names = ["precipitation", "temperature", "pet", *([SWE_INPUT] if layout.era5_swe else []), "q"]
+    specs = [VariableSpec(n, "target" if n == "q" else "forcing", CANONICAL_UNITS[n]) for n in names]
     specs += [VariableSpec(n, *products.DAILY_PRODUCTS[n]) for n in layout.daily_products]
     specs += [VariableSpec(n, *products.MONTHLY_PRODUCTS[n], dims=("basin", "month"))
               for n in layout.monthly_products]
-    return specs
+    return specs + list(BASIN_INFO)
 
 
 def build_caravan(opts: CaravanBuild, show_progress: bool = True) -> dict:
-    """Build the store; returns a summary (basins, period, variables, dropped attributes, gap report)."""
+    """Build the store; returns a summary (basins, period, variables, attributes, dropped basins and
+    attributes, gap report, PET sources)."""
     from rootzone.progress import progress_bar
 
     if opts.max_gap < 0:
@@ -301,30 +638,43 @@ def build_caravan(opts: CaravanBuild, show_progress: bool = True) -> dict:
         raise InputDataError(f"--chunk-basins must be >= 1, got {opts.chunk_basins}")
     parse_day(opts.start, "--start")
     parse_day(opts.end, "--end")
+    combined_ids.cache_clear()
     with progress_bar(show_progress) as bar:
-        scan = bar.add_task("scanning dates", total=None)
+        scan = bar.add_task("scanning records", total=None)
         layout = plan(opts, progress=lambda i, n: bar.update(scan, completed=i, total=n))
-        basins = list(layout.files)
-        att, dropped = load_attributes(opts.root, layout.sources, opts.attributes)
+        basins = list(layout.basins)
+        att, dropped = select_attributes(layout.attributes, opts.attributes, layout.sources)
         specs = variable_specs(layout)
-        attrs = {"caravan_pet_column": layout.columns["pet"], "caravan_format": layout.fmt,
-                 "max_gap_days": int(opts.max_gap)}
+        attrs = {"caravan_pet_column": ", ".join(p for p in layout.pet_sources if p not in PET_METHODS),
+                 "caravan_format": layout.fmt, "max_gap_days": int(opts.max_gap),
+                 "dropped_basins": [line for line in layout.dropped]}
         template = make_template(basins, layout.time, specs, att, f"Caravan ({opts.root})", attrs,
                                  basin_chunk=opts.chunk_basins)
+        template["pet_method"].attrs.update(
+            flag_values=list(range(len(layout.pet_sources))),
+            flag_meanings=" ".join(p.replace(" ", "_") for p in layout.pet_sources))
         task = bar.add_task("building store", total=len(basins))
         months = template.sizes["month"]
         writer = StoreWriter(opts.out, template, overwrite=opts.overwrite, basin_chunk=opts.chunk_basins)
         with writer:
             for start in range(0, len(basins), opts.chunk_basins):
                 chunk = basins[start:start + opts.chunk_basins]
-                arrays = {s.name: np.full((len(chunk), len(layout.time) if s.dims[1] == "time" else months),
-                                          np.nan, np.float32) for s in specs}
+                arrays = {s.name: _empty(s, len(chunk), len(layout.time), months) for s in specs}
                 for i, gauge in enumerate(chunk):
                     for name, values in load_basin(opts, layout, gauge).items():
                         arrays[name][i] = values
                     bar.advance(task)
                 writer.write(xr.Dataset({s.name: (s.dims, arrays[s.name]) for s in specs}), start)
             writer.attrs["gap_filled_days"] = opts.report.as_attrs()
+    methods = {p: sum(b.pet == p for b in layout.basins.values()) for p in layout.pet_sources}
     return {"basins": len(basins), "start": layout.time[0], "end": layout.time[-1],
-            "variables": [s.name for s in specs], "attributes": att.shape[1], "dropped_attributes": dropped,
-            "gaps": opts.report.summary(), "format": layout.fmt, "pet_column": layout.columns["pet"]}
+            "variables": [s.name for s in specs if s.dims != ("basin",)], "attributes": att.shape[1],
+            "dropped_attributes": dropped, "dropped_basins": layout.dropped, "gaps": opts.report.summary(),
+            "format": layout.fmt, "pet_sources": methods,
+            "shorter": sum(b.first > layout.time[0] or b.last < layout.time[-1] for b in layout.basins.values())}
+
+
+def _empty(spec: VariableSpec, n: int, days: int, months: int) -> np.ndarray:
+    if spec.dims == ("basin",):
+        return np.zeros(n, dtype=spec.dtype)
+    return np.full((n, days if spec.dims[1] == "time" else months), np.nan, np.float32)
