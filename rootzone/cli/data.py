@@ -139,6 +139,10 @@ def run_caravan(args: argparse.Namespace) -> None:
     if s["shorter"]:
         print(f"{plural(s['shorter'], 'basin')} with a shorter forcing record than the period "
               "(forcing_first_day/forcing_last_day; NaN outside)")
+    if s["without_swe"]:
+        print(f"era5_swe left out: {plural(len(s['without_swe']), 'basin')} without "
+              f"snow_depth_water_equivalent_mean ({', '.join(s['without_swe'][:3])}"
+              f"{', ...' if len(s['without_swe']) > 3 else ''})")
     if s["dropped_attributes"]:
         print(f"dropped {plural(len(s['dropped_attributes']), 'attribute')} with missing values: "
               f"{', '.join(s['dropped_attributes'])}")

@@ -139,6 +139,7 @@ class Layout:
     attributes: pd.DataFrame  # every numeric attribute of the kept basins (latitude etc. for PET)
     dropped: list[str]  # one line per dropped basin (--drop-bad-basins)
     pet_sources: list[str]  # the meanings of the codes of 'pet_method'
+    without_swe: list[str] = field(default_factory=list)  # basins that left era5_swe out of the store
 
     @property
     def files(self) -> dict[str, Path]:
@@ -316,8 +317,14 @@ def columns_of(path: Path, fmt: str, gauge: str) -> list[str]:
         if fmt == "csv":
             return [str(c) for c in pd.read_csv(path, nrows=0).columns]
         with xr.open_dataset(path) as ds:
+            if fmt == "combined":  # one basin's slice; a variable with no value for it is absent for it
+                dim, index = combined_ids(path)
+                ds = ds.isel({dim: index[gauge]})
             tdim = next((d for d in TIME_DIMS if d in ds.dims), None)
-            return [str(v) for v in ds.data_vars if tdim in ds[v].dims]
+            names = [v for v in ds.data_vars if ds[v].dims == (tdim,)]
+            if fmt == "combined":
+                names = [v for v in names if ds[v].notnull().any()]
+            return [str(v) for v in names]
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputDataError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
 
@@ -355,12 +362,12 @@ def choose_columns(opts: CaravanBuild, header: list[str], where: str, swe: bool)
 
 
 def scan_basin(opts: CaravanBuild, fmt: str, path: Path, gauge: str, source: str, swe: bool,
-               window: tuple[pd.Timestamp | None, pd.Timestamp | None]) -> BasinPlan:
+               window: tuple[pd.Timestamp | None, pd.Timestamp | None], header: list[str]) -> BasinPlan:
     """Choose one basin's columns and find its forcing record: the first to the last day (inside
     ``window``) on which every forcing input has a value; inside it no input may miss more than
     --max-gap days in a row (CoverageError otherwise)."""
     where = f"{path} (basin {gauge})"
-    temperature, pet, inputs = choose_columns(opts, columns_of(path, fmt, gauge), where, swe)
+    temperature, pet, inputs = choose_columns(opts, header, where, swe)
     df = read_timeseries(path, fmt, inputs, gauge)
     if len(df) == 0:
         raise InputDataError(f"{where}: no rows")
@@ -407,14 +414,15 @@ def plan(opts: CaravanBuild, progress: Callable[[int, int], None] | None = None)
     hi = parse_day(opts.end, "--end")
     if lo is not None and hi is not None and hi <= lo:
         raise InputDataError(f"--end {hi:%Y-%m-%d} is not after --start {lo:%Y-%m-%d}")
-    first_gauge, first_path = next(iter(files.items()))
-    swe = opts.era5_swe and SWE_COLUMN in columns_of(first_path, fmt, first_gauge)
+    headers = {g: columns_of(path, fmt, g) for g, path in files.items()}
+    without_swe = [g for g, h in headers.items() if SWE_COLUMN not in h]
+    swe = opts.era5_swe and not without_swe  # an extra input every basin has, or none
     attributes = read_attributes(Path(opts.root), fmt, files, sources)
     basins: dict[str, BasinPlan] = {}
     dropped: list[str] = []
     for i, (g, path) in enumerate(files.items()):
         try:
-            basins[g] = scan_basin(opts, fmt, path, g, sources[g], swe, (lo, hi))
+            basins[g] = scan_basin(opts, fmt, path, g, sources[g], swe, (lo, hi), headers[g])
         except CoverageError as exc:
             if not opts.drop_bad_basins:
                 raise
@@ -433,7 +441,8 @@ def plan(opts: CaravanBuild, progress: Callable[[int, int], None] | None = None)
     daily, monthly = (products.product_variables(opts.extra_dir, kept) if opts.extra_dir else ([], []))
     pets = sorted({b.pet for b in basins.values()}, key=lambda p: (p in PET_METHODS, p))
     return Layout(fmt, basins, pd.date_range(start, end, freq="D"), swe, daily, monthly,
-                  attributes.loc[list(basins)], dropped, pets)
+                  attributes.loc[list(basins)], dropped, pets,
+                  without_swe if opts.era5_swe and len(without_swe) < len(files) else [])
 
 
 # ------------------------------------------------------------------------------------------------ attributes
@@ -670,7 +679,7 @@ def build_caravan(opts: CaravanBuild, show_progress: bool = True) -> dict:
     return {"basins": len(basins), "start": layout.time[0], "end": layout.time[-1],
             "variables": [s.name for s in specs if s.dims != ("basin",)], "attributes": att.shape[1],
             "dropped_attributes": dropped, "dropped_basins": layout.dropped, "gaps": opts.report.summary(),
-            "format": layout.fmt, "pet_sources": methods,
+            "format": layout.fmt, "pet_sources": methods, "without_swe": layout.without_swe,
             "shorter": sum(b.first > layout.time[0] or b.last < layout.time[-1] for b in layout.basins.values())}
 
 
