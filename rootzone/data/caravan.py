@@ -29,8 +29,8 @@ Basins are read and written ``chunk_basins`` at a time (memory ~ chunk × days �
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +89,56 @@ class CoverageError(InputDataError):
     longer than --max-gap): refused, or the basin dropped with --drop-bad-basins."""
 
 
+class CombinedFiles:
+    """The combined NetCDF files of one build, each opened once (a file with a hundred variables takes a
+    second or more to open) and closed by :meth:`close` at the end of the build."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, xr.Dataset] = {}
+        self._ids: dict[Path, tuple[str | None, dict[str, int]]] = {}
+
+    def dataset(self, path: Path) -> xr.Dataset:
+        if path not in self._open:
+            try:
+                self._open[path] = xr.open_dataset(path)
+            except Exception as exc:  # netCDF/HDF5 errors come in many types
+                raise InputDataError(f"{path}: cannot read NetCDF ({type(exc).__name__}: {exc})") from None
+        return self._open[path]
+
+    def basin_dim(self, path: Path) -> str | None:
+        """The basin dimension of ``path`` (None: not a combined file)."""
+        ds = self.dataset(path)
+        return next((d for d in BASIN_DIMS if d in ds.dims), None)
+
+    def ids(self, path: Path) -> tuple[str, dict[str, int]]:
+        """(basin dimension, {gauge id: index}); byte-string ids are decoded."""
+        if path not in self._ids:
+            dim = self.basin_dim(path)
+            if dim is None:
+                raise InputDataError(f"{path}: no basin dimension ({' or '.join(BASIN_DIMS)}); not a combined "
+                                     "file")
+            raw = self.dataset(path)[dim].values
+            ids = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in raw.tolist()]
+            index = {g: i for i, g in enumerate(ids)}
+            if len(index) != len(ids):
+                dup = pd.Index(ids)[pd.Index(ids).duplicated()][0]
+                raise InputDataError(f"{path}: basin {dup} appears twice in '{dim}'")
+            self._ids[path] = (dim, index)
+        dim, index = self._ids[path]
+        return str(dim), index
+
+    def basin(self, path: Path, gauge: str) -> xr.Dataset:
+        """The slice of one basin (lazy)."""
+        dim, index = self.ids(path)
+        return self.dataset(path).isel({dim: index[gauge]})
+
+    def close(self) -> None:
+        for ds in self._open.values():
+            ds.close()
+        self._open.clear()
+        self._ids.clear()
+
+
 @dataclass
 class CaravanBuild:
     """Options of one build (see ``rootzone data caravan --help``)."""
@@ -110,6 +160,7 @@ class CaravanBuild:
     drop_bad_basins: bool = False
     chunk_basins: int = BASIN_CHUNK
     report: GapReport = field(default_factory=GapReport)
+    combined: CombinedFiles = field(default_factory=CombinedFiles)  # open combined files (closed after)
 
 
 @dataclass
@@ -152,41 +203,17 @@ class Layout:
 
 # ------------------------------------------------------------------------------------------------ files
 
-def detect_format(root: Path) -> str:
+def detect_format(root: Path, combined: CombinedFiles) -> str:
     """``combined`` (one NetCDF with a basin dimension), ``netcdf`` (one file per basin) or ``csv``."""
     if root.is_file():
         return "combined"
     base = root / "timeseries" / "netcdf"
     if base.is_dir():
         first = next(iter(sorted(base.glob("*/*.nc"))), None)
-        return "combined" if first is not None and _combined_dim(first) else "netcdf"
+        return "combined" if first is not None and combined.basin_dim(first) else "netcdf"
     if (root / "timeseries" / "csv").is_dir():
         return "csv"
     raise InputDataError(f"{root}: no timeseries/netcdf or timeseries/csv folder (not a Caravan directory)")
-
-
-def _combined_dim(path: Path) -> str | None:
-    try:
-        with xr.open_dataset(path) as ds:
-            return next((d for d in BASIN_DIMS if d in ds.dims), None)
-    except Exception as exc:  # netCDF/HDF5 errors come in many types
-        raise InputDataError(f"{path}: cannot read NetCDF ({type(exc).__name__}: {exc})") from None
-
-
-@functools.lru_cache(maxsize=16)
-def combined_ids(path: Path) -> tuple[str, dict[str, int]]:
-    """(basin dimension, {gauge id: index}) of a combined NetCDF; byte-string ids are decoded."""
-    dim = _combined_dim(path)
-    if dim is None:
-        raise InputDataError(f"{path}: no basin dimension ({' or '.join(BASIN_DIMS)}); not a combined file")
-    with xr.open_dataset(path) as ds:
-        raw = ds[dim].values
-    ids = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in raw.tolist()]
-    index = {g: i for i, g in enumerate(ids)}
-    if len(index) != len(ids):
-        dup = pd.Index(ids)[pd.Index(ids).duplicated()][0]
-        raise InputDataError(f"{path}: basin {dup} appears twice in '{dim}'")
-    return dim, index
 
 
 def find_basins(opts: CaravanBuild) -> tuple[str, dict[str, Path], dict[str, str]]:
@@ -194,7 +221,7 @@ def find_basins(opts: CaravanBuild) -> tuple[str, dict[str, Path], dict[str, str
     root = Path(opts.root)
     if not root.exists():
         raise InputDataError(f"Caravan directory '{root}' does not exist")
-    fmt = detect_format(root) if opts.fmt == "auto" else opts.fmt
+    fmt = detect_format(root, opts.combined) if opts.fmt == "auto" else opts.fmt
     if fmt == "combined":
         return fmt, *_find_combined(root, opts)
     base, ext = root / "timeseries" / fmt, ".nc" if fmt == "netcdf" else ".csv"
@@ -243,7 +270,7 @@ def _find_combined(root: Path, opts: CaravanBuild) -> tuple[dict[str, Path], dic
     files: dict[str, Path] = {}
     src: dict[str, str] = {}
     for path, source in tables:
-        for g in combined_ids(path)[1]:
+        for g in opts.combined.ids(path)[1]:
             if g in files:
                 raise InputDataError(f"{path}: basin {g} is also in {files[g]}")
             files[g], src[g] = path, source
@@ -271,9 +298,11 @@ def _read_basin_list(path: Path) -> list[str]:
     return ids
 
 
-def read_timeseries(path: Path, fmt: str, columns: list[str] | None, gauge: str) -> pd.DataFrame:
+def read_timeseries(path: Path, fmt: str, columns: list[str] | None, gauge: str,
+                    combined: CombinedFiles | None = None) -> pd.DataFrame:
     """One basin's Caravan table indexed by date; ``columns=None`` reads the dates only. NetCDF variables
-    with a ``units`` attribute keep it in ``df.attrs['units']``."""
+    with a ``units`` attribute keep it in ``df.attrs['units']``. ``combined`` holds the open combined files
+    (fmt ``combined``)."""
     where = f"{path} (basin {gauge})"
     if fmt == "csv":
         try:
@@ -287,10 +316,7 @@ def read_timeseries(path: Path, fmt: str, columns: list[str] | None, gauge: str)
         units: dict[str, str] = {}
     else:
         try:
-            with xr.open_dataset(path) as ds:
-                if fmt == "combined":
-                    dim, index = combined_ids(path)
-                    ds = ds.isel({dim: index[gauge]})
+            with _basin_dataset(path, fmt, gauge, combined) as ds:
                 tdim = next((d for d in TIME_DIMS if d in ds.dims), None)
                 if tdim is None:
                     raise InputDataError(f"{where}: no 'date' or 'time' dimension")
@@ -310,20 +336,34 @@ def read_timeseries(path: Path, fmt: str, columns: list[str] | None, gauge: str)
     return df
 
 
-def columns_of(path: Path, fmt: str, gauge: str) -> list[str]:
-    """The column (variable) names of one basin's table."""
+@contextlib.contextmanager
+def _basin_dataset(path: Path, fmt: str, gauge: str, combined: CombinedFiles | None) -> Iterator[xr.Dataset]:
+    """One basin's dataset: its own NetCDF file (opened and closed here) or its slice of a combined file."""
+    if fmt != "combined":
+        with xr.open_dataset(path) as ds:
+            yield ds
+        return
+    own = combined is None
+    combined = combined or CombinedFiles()
+    try:
+        yield combined.basin(path, gauge)
+    finally:
+        if own:
+            combined.close()
+
+
+def columns_of(path: Path, fmt: str, gauge: str, combined: CombinedFiles | None = None) -> list[str]:
+    """The column (variable) names of one basin's table (of a combined file: those with a value for it)."""
     where = f"{path} (basin {gauge})"
     try:
         if fmt == "csv":
             return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        with xr.open_dataset(path) as ds:
-            if fmt == "combined":  # one basin's slice; a variable with no value for it is absent for it
-                dim, index = combined_ids(path)
-                ds = ds.isel({dim: index[gauge]})
+        with _basin_dataset(path, fmt, gauge, combined) as ds:
             tdim = next((d for d in TIME_DIMS if d in ds.dims), None)
             names = [v for v in ds.data_vars if ds[v].dims == (tdim,)]
             if fmt == "combined":
-                names = [v for v in names if ds[v].notnull().any()]
+                empty = ds[names].isnull().all().compute()
+                names = [v for v in names if not bool(empty[v])]
             return [str(v) for v in names]
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputDataError(f"{where}: cannot read ({type(exc).__name__}: {exc})") from None
@@ -368,7 +408,7 @@ def scan_basin(opts: CaravanBuild, fmt: str, path: Path, gauge: str, source: str
     --max-gap days in a row (CoverageError otherwise)."""
     where = f"{path} (basin {gauge})"
     temperature, pet, inputs = choose_columns(opts, header, where, swe)
-    df = read_timeseries(path, fmt, inputs, gauge)
+    df = read_timeseries(path, fmt, inputs, gauge, opts.combined)
     if len(df) == 0:
         raise InputDataError(f"{where}: no rows")
     values = np.column_stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in inputs])
@@ -414,10 +454,10 @@ def plan(opts: CaravanBuild, progress: Callable[[int, int], None] | None = None)
     hi = parse_day(opts.end, "--end")
     if lo is not None and hi is not None and hi <= lo:
         raise InputDataError(f"--end {hi:%Y-%m-%d} is not after --start {lo:%Y-%m-%d}")
-    headers = {g: columns_of(path, fmt, g) for g, path in files.items()}
+    headers = {g: columns_of(path, fmt, g, opts.combined) for g, path in files.items()}
     without_swe = [g for g, h in headers.items() if SWE_COLUMN not in h]
     swe = opts.era5_swe and not without_swe  # an extra input every basin has, or none
-    attributes = read_attributes(Path(opts.root), fmt, files, sources)
+    attributes = read_attributes(Path(opts.root), fmt, files, sources, opts.combined)
     basins: dict[str, BasinPlan] = {}
     dropped: list[str] = []
     for i, (g, path) in enumerate(files.items()):
@@ -447,7 +487,8 @@ def plan(opts: CaravanBuild, progress: Callable[[int, int], None] | None = None)
 
 # ------------------------------------------------------------------------------------------------ attributes
 
-def read_attributes(root: Path, fmt: str, files: dict[str, Path], sources: dict[str, str]) -> pd.DataFrame:
+def read_attributes(root: Path, fmt: str, files: dict[str, Path], sources: dict[str, str],
+                    combined: CombinedFiles | None = None) -> pd.DataFrame:
     """Every numeric attribute of the basins [basin × attribute] (float64; NaN = missing): the
     ``attributes/<source>/attributes_*.csv`` tables joined on ``gauge_id`` (required for the per-basin
     layouts, optional for a combined file), and the (basin,) variables of a combined file. A column of a
@@ -482,7 +523,8 @@ def read_attributes(root: Path, fmt: str, files: dict[str, Path], sources: dict[
                 add(col, df.loc[members, col].reindex(gauges), tag)
     if fmt == "combined":
         for path in sorted(set(files.values()), key=str):
-            for col, values in _combined_attributes(path, [g for g in gauges if files[g] == path]).items():
+            members = [g for g in gauges if files[g] == path]
+            for col, values in _combined_attributes(combined or CombinedFiles(), path, members).items():
                 add(col, values.reindex(gauges), path.stem)
     return pd.DataFrame(columns, index=pd.Index(gauges, name="gauge_id"), dtype=np.float64)
 
@@ -503,17 +545,17 @@ def _read_table(table: Path) -> pd.DataFrame:
     return df.select_dtypes(include=["number", "bool"]).astype(np.float64)
 
 
-def _combined_attributes(path: Path, gauges: list[str]) -> dict[str, pd.Series]:
+def _combined_attributes(combined: CombinedFiles, path: Path, gauges: list[str]) -> dict[str, pd.Series]:
     """The numeric (basin,) variables of a combined file for ``gauges``."""
-    dim, index = combined_ids(path)
+    dim, index = combined.ids(path)
+    ds = combined.dataset(path)
     out = {}
-    with xr.open_dataset(path) as ds:
-        for name in ds.data_vars:
-            da = ds[name]
-            if da.dims == (dim,) and (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
-                values = da.values[[index[g] for g in gauges]].astype(np.float64)
-                if np.isfinite(values).any():
-                    out[str(name)] = pd.Series(values, index=gauges)
+    for name in ds.data_vars:
+        da = ds[name]
+        if da.dims == (dim,) and (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
+            values = da.values[[index[g] for g in gauges]].astype(np.float64)
+            if np.isfinite(values).any():
+                out[str(name)] = pd.Series(values, index=gauges)
     return out
 
 
@@ -561,7 +603,7 @@ def load_basin(opts: CaravanBuild, layout: Layout, gauge: str) -> dict[str, np.n
     daily targets [T], monthly targets [M], and its per-basin facts (see BASIN_INFO)."""
     b, time = layout.basins[gauge], layout.time
     where = f"{b.path} (basin {gauge})"
-    df = read_timeseries(b.path, layout.fmt, [*b.inputs, STREAMFLOW_COLUMN], gauge)
+    df = read_timeseries(b.path, layout.fmt, [*b.inputs, STREAMFLOW_COLUMN], gauge, opts.combined)
     units = df.attrs["units"]
     df = df.reindex(time)
     rec = slice(time.get_loc(b.first), time.get_loc(b.last) + 1)
@@ -639,7 +681,6 @@ def variable_specs(layout: Layout) -> list[VariableSpec]:
 def build_caravan(opts: CaravanBuild, show_progress: bool = True) -> dict:
     """Build the store; returns a summary (basins, period, variables, attributes, dropped basins and
     attributes, gap report, PET sources)."""
-    from rootzone.progress import progress_bar
 
     if opts.max_gap < 0:
         raise InputDataError(f"--max-gap must be >= 0, got {opts.max_gap}")
@@ -647,7 +688,15 @@ def build_caravan(opts: CaravanBuild, show_progress: bool = True) -> dict:
         raise InputDataError(f"--chunk-basins must be >= 1, got {opts.chunk_basins}")
     parse_day(opts.start, "--start")
     parse_day(opts.end, "--end")
-    combined_ids.cache_clear()
+    try:
+        return _build(opts, show_progress)
+    finally:
+        opts.combined.close()
+
+
+def _build(opts: CaravanBuild, show_progress: bool) -> dict:
+    from rootzone.progress import progress_bar
+
     with progress_bar(show_progress) as bar:
         scan = bar.add_task("scanning records", total=None)
         layout = plan(opts, progress=lambda i, n: bar.update(scan, completed=i, total=n))
