@@ -304,7 +304,13 @@ def test_info_shows_the_build_facts(real, capsys):
     assert code == 0, err
     flat = " ".join(out.split())
     assert "period: 1990-01-01 to 1995-06-30 (2007 days, 66 months)" in flat
-    assert "forcing records: 4 basins shorter than the period" in flat
+    assert "forcing records: 4 of 5 basins shorter than the period, forcing NaN outside them (camelsch_2009 " \
+           "1990-01-01 to 1993-12-31;" in flat
+    # streamflow missing inside the records only (days outside a record are not observations to miss)
+    src = [t.set_index(pd.to_datetime(t["date"])) for t in real["tables"].values()]
+    n_missing = sum(int(t["streamflow"].reindex(pd.date_range(t.index[0], t.index[-1])).isna().sum()) for t in src)
+    n_days = sum(len(pd.date_range(t.index[0], t.index[-1])) for t in src)
+    assert f"│ q             │ target  │ basin×time │ mm/d  │ {100 * n_missing / n_days:6.1f}% │" in out
     assert "PET: potential_evaporation_sum (2 basins); potential_evaporation_sum_FAO_PENMAN_MONTEITH (2 basins); " \
            "oudin (1 basin)" in flat
     assert "negative PET set to 0 (condensation): 4 days in 2 basins (camelsch_2009 3, camelsch_2011 1)" in flat

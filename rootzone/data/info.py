@@ -27,13 +27,15 @@ BASIN_COUNTS = {"pet_negative_days": "negative PET set to 0 (condensation)",
 
 def summarise(ds: xr.Dataset) -> dict:
     """Facts about an opened store. Reads every target and forcing chunk once (lazily, chunk by chunk): the
-    fraction of missing values per target, and per forcing the count of NaN/inf values (and of negative
-    precipitation), which training refuses. A corrupt chunk is a StoreError."""
+    fraction of missing values per target (daily ones inside the basins' forcing records), and per forcing
+    the count of NaN/inf values inside the records (and of negative precipitation), which training refuses;
+    the basins' records, PET sources and per-basin counts of the build. A corrupt chunk is a StoreError."""
     basins = [str(b) for b in ds["basin"].values]
     variables = [v for v in ds.data_vars if v != "attributes" and ds[v].dims != ("basin",)]
-    missing = {v: ds[v].isnull().mean() for v in target_names(ds)}
     forcing = forcing_names(ds)
     inside = record_mask(ds) if RECORD_VARIABLES[0] in ds else True
+    missing = {v: (ds[v].isnull().where(inside) if inside is not True and "time" in ds[v].dims
+                   else ds[v].isnull()).mean() for v in target_names(ds)}
     nonfinite = {v: ((~np.isfinite(ds[v])) & inside).sum() for v in forcing}
     negative = {v: (ds[v] < 0).sum() for v in forcing if v == "precipitation"}
     counts = {v: ds[v] for v in BASIN_COUNTS if v in ds}
@@ -95,8 +97,8 @@ def show_info(url: str, console: Console | None = None) -> dict:
     if info["records"]:
         rec = info["records"]
         shown = "; ".join(f"{b} {a} to {z}" for b, (a, z) in list(rec.items())[:3]) + ("; ..." if len(rec) > 3 else "")
-        console.print(f"forcing records: {plural(len(rec), 'basin')} shorter than the period, NaN outside "
-                      f"({e(shown)}); the others cover it all")
+        console.print(f"forcing records: {len(rec)} of {plural(info['basins'], 'basin')} shorter than the "
+                      f"period, forcing NaN outside them ({e(shown)})")
     elif info["pet_method"]:
         console.print("forcing records: every basin covers the whole period")
     if info["pet_method"]:
