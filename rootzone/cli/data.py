@@ -114,10 +114,12 @@ def _refuse_existing(out: str, overwrite: bool) -> None:
 
 
 def run_caravan(args: argparse.Namespace) -> None:
-    """Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/<gauge_id>.{csv,nc} and
-    attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/TWSA tables (--extra, layout in
-    docs/data.md). Every file is checked; gaps in forcing up to --max-gap days are interpolated, anything worse
-    is refused with a one-line error and nothing is written."""
+    """Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/<gauge_id>.{csv,nc} or
+    combined NetCDF files (basin_id × time), attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/TWSA
+    tables (--extra, layout in docs/data.md). The time axis is the union of the basins' forcing records (stored
+    as forcing_first_day/forcing_last_day); every file is checked; gaps in forcing up to --max-gap days are
+    interpolated, anything worse is refused with a one-line error (or the basin dropped with --drop-bad-basins)
+    and nothing is written."""
     from pathlib import Path
 
     from rootzone.data.caravan import CaravanBuild, build_caravan
