@@ -158,30 +158,33 @@ def test_oudin_matches_a_hand_computed_day(real):
 
 
 def test_hargreaves_and_priestley_taylor_equal_pyet(tmp_path, capsys):
-    """Derived PET for every basin without a PET column: Hargreaves from min/max temperature, Priestley-Taylor
-    from Caravan's net solar + thermal radiation (W m-2 -> MJ m-2 d-1) and surface pressure (kPa)."""
+    """Derived PET for every basin without a PET column: Hargreaves from min/max temperature (a Daymet-like
+    file without a mean: the mean is (min + max) / 2), Priestley-Taylor from Caravan's net solar + thermal
+    radiation (W m-2 -> MJ m-2 d-1) and surface pressure (kPa)."""
     tables = make_real_caravan(tmp_path / "c")
     gauge = "camelses_1002"
     df = tables[gauge].drop(columns=["potential_evaporation_sum_ERA5_LAND",
                                      "potential_evaporation_sum_FAO_PENMAN_MONTEITH"])
     (tmp_path / "basins.txt").write_text(gauge + "\n")
-    write_timeseries(tmp_path / f"c/timeseries/csv/camelses/{gauge}.csv", df, "csv")
     src = df.set_index(pd.to_datetime(df["date"]))
     lat = np.deg2rad(REAL_LAT[gauge])
     tmean, tmin, tmax = (src[f"temperature_2m_{k}"] for k in ("mean", "min", "max"))
+    daymet = df.drop(columns=["temperature_2m_mean"])
     want = {
-        "hargreaves": pyet.hargreaves(tmean, tmax, tmin, lat),
-        "priestley-taylor": pyet.priestley_taylor(
+        "hargreaves": (daymet, (tmin + tmax) / 2, pyet.hargreaves((tmin + tmax) / 2, tmax, tmin, lat)),
+        "priestley-taylor": (df, tmean, pyet.priestley_taylor(
             tmean, rn=(src["surface_net_solar_radiation_mean"] + src["surface_net_thermal_radiation_mean"]) * 0.0864,
-            pressure=src["surface_pressure_mean"]),
+            pressure=src["surface_pressure_mean"])),
     }
-    for method, expect in want.items():
+    for method, (table, temperature, expect) in want.items():
+        write_timeseries(tmp_path / f"c/timeseries/csv/camelses/{gauge}.csv", table, "csv")
         out = tmp_path / f"{method}.zarr"
         code, stdout, err = run(capsys, "data", "caravan", tmp_path / "c", out, "--quiet", "--source", "camelses",
                                 "--basins", tmp_path / "basins.txt", "--pet-method", method)
         assert code == 0, err
         assert f"PET from {method} (1 basin)" in stdout and "wrote" in stdout and "1 basin," in stdout
         ds = open_store(str(out))
+        np.testing.assert_allclose(ds.temperature.values[0], temperature.to_numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(ds.pet.values[0], expect.to_numpy(), rtol=1e-5, atol=1e-6)
         assert ds.pet_method.attrs["flag_meanings"] == method
 

@@ -373,6 +373,9 @@ def columns_of(path: Path, fmt: str, gauge: str, combined: CombinedFiles | None 
 
 def choose_columns(opts: CaravanBuild, header: list[str], where: str, swe: bool) -> tuple[list[str], str, list[str]]:
     """(temperature columns, PET column or method, every forcing input column) of one basin's header."""
+    for col in (PRECIP_COLUMN, STREAMFLOW_COLUMN):
+        if col not in header:
+            raise InputDataError(f"{where}: missing required column '{col}'")
     if TMEAN_COLUMN in header:
         temperature = [TMEAN_COLUMN]
     elif TMIN_COLUMN in header and TMAX_COLUMN in header:
