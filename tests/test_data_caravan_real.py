@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyet
 import pytest
 import xarray as xr
 from test_data_caravan import (
@@ -22,8 +23,6 @@ from test_data_caravan import (
 from rootzone.data import schema
 from rootzone.data.schema import open_store
 from rootzone.errors import StoreError
-
-pyet = pytest.importorskip("pyet")
 
 
 @pytest.fixture(scope="module")
