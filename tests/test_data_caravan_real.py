@@ -209,6 +209,16 @@ def test_pet_method_needed_and_limits(tmp_path, capsys):
                        "oudin")
     assert code == 2 and "negative 'total_precipitation_sum' -0.36 on 1991-02-05 (1 such day)" in err
     assert not list(tmp_path.glob("s.zarr*"))
+    # --pet-column for the basins that have it, --pet-method for the others
+    write_timeseries(path, tables["camelsch_2011"], "csv")
+    code, out, err = run(capsys, "data", "caravan", tmp_path / "c", tmp_path / "s.zarr", "--quiet", "--pet-method",
+                         "oudin", "--pet-column", "potential_evaporation_sum_ERA5_LAND")
+    assert code == 0, err
+    assert "PET from potential_evaporation_sum_ERA5_LAND (2 basins), oudin (3 basins)" in out
+    ds = open_store(str(tmp_path / "s.zarr"))
+    b = list(ds.basin.values).index("camelses_1002")
+    np.testing.assert_allclose(ds.pet.values[b], tables["camelses_1002"]["potential_evaporation_sum_ERA5_LAND"],
+                               rtol=1e-6)
 
 
 def test_long_gap_and_no_overlap_refused_or_dropped(tmp_path, capsys):

@@ -173,8 +173,8 @@ def choose_columns(opts: CaravanBuild, header: list[str], where: str, swe: bool)
     else:
         raise InputDataError(f"{where}: missing required column '{TMEAN_COLUMN}' (or both "
                              f"'{TMIN_COLUMN}' and '{TMAX_COLUMN}')")
-    if opts.pet_column:
-        pet = opts.pet_column
+    if opts.pet_column:  # a basin without it gets --pet-method, when given
+        pet = opts.pet_column if opts.pet_column in header or not opts.pet_method else opts.pet_method
     else:
         pet = next((c for c in PET_COLUMNS if c in header), None) or opts.pet_method or ""
         if not pet:
