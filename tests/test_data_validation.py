@@ -62,10 +62,10 @@ CASES = {
         [],
         f"(basin {BASIN}): negative 'total_precipitation_sum' -5 on 2000-01-21",
     ),
-    "negative pet": (
-        lambda r: edit_series(r, set_value("potential_evaporation_sum_FAO_PENMAN_MONTEITH", 9, -1.5)),
+    "negative pet": (  # -1.5 is condensation (set to 0); below -5 mm/d it is a sign or unit error
+        lambda r: edit_series(r, set_value("potential_evaporation_sum_FAO_PENMAN_MONTEITH", 9, -7.5)),
         [],
-        "negative 'potential_evaporation_sum_FAO_PENMAN_MONTEITH' -1.5 on 2000-01-10 (1 such",
+        "negative 'potential_evaporation_sum_FAO_PENMAN_MONTEITH' -7.5 on 2000-01-10 (1 such day)",
     ),
     "pet sign convention": (
         lambda r: edit_series(

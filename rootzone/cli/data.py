@@ -45,22 +45,32 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
     """``caravan``, ``import-pickle`` and ``info`` (see docs/data.md)."""
     from rootzone.data.schema import BASIN_CHUNK
 
-    p = add_verb(sub, "caravan", "build a store from a Caravan directory (CSV or NetCDF) and optional extra products",
-                 run_caravan)
-    p.add_argument("caravan_dir", metavar="CARAVAN_DIR", help="root of the Caravan dataset")
+    p = add_verb(sub, "caravan", "build a store from a Caravan directory (CSV, NetCDF or combined NetCDF) and "
+                 "optional extra products", run_caravan)
+    p.add_argument("caravan_dir", metavar="CARAVAN_DIR",
+                   help="root of the Caravan dataset (or one combined NetCDF file)")
     add_out_store(p)
     p.add_argument("--source", help="comma-separated source folders, e.g. camels,lamah (default: all)")
     p.add_argument("--basins", metavar="FILE", help="text file of gauge ids, one per line (default: all)")
     p.add_argument("--extra", metavar="DIR", help="folder of extra products: daily/<gauge_id>.csv "
                    "(date,lai,et,swe) and/or monthly/<gauge_id>.csv (month,twsa)")
-    p.add_argument("--max-gap", type=int, default=5, metavar="DAYS",
-                   help="longest forcing gap filled by linear interpolation (default 5 days)")
-    p.add_argument("--format", choices=("auto", "csv", "netcdf"), default="auto",
-                   help="timeseries files to read (default: netcdf if present, else csv)")
-    p.add_argument("--start", help="first day YYYY-MM-DD (default: latest first day over the basins)")
-    p.add_argument("--end", help="last day YYYY-MM-DD (default: earliest last day over the basins)")
+    p.add_argument("--max-gap", type=int, default=3, metavar="DAYS",
+                   help="longest forcing gap inside a basin's record filled by linear interpolation "
+                        "(default 3 days; longer gaps are refused, see --drop-bad-basins)")
+    p.add_argument("--drop-bad-basins", action="store_true",
+                   help="leave out (and list) basins with a forcing gap longer than --max-gap or no forcing "
+                        "inside --start/--end, instead of refusing the build")
+    p.add_argument("--format", choices=("auto", "csv", "netcdf", "combined"), default="auto",
+                   help="timeseries files to read: one CSV or NetCDF per basin, or combined NetCDF files with "
+                        "a basin_id dimension (default: detected; netcdf if present, else csv)")
+    p.add_argument("--start", help="first day YYYY-MM-DD (default: earliest first day of forcing over the basins)")
+    p.add_argument("--end", help="last day YYYY-MM-DD (default: latest last day of forcing over the basins)")
     p.add_argument("--pet-column", help="Caravan PET column (default: potential_evaporation_sum_FAO_PENMAN_"
                    "MONTEITH if present, else potential_evaporation_sum[_ERA5_LAND])")
+    p.add_argument("--pet-method", choices=("oudin", "hargreaves", "priestley-taylor"),
+                   help="derive PET with pyet for basins whose files have no PET column: oudin (mean "
+                        "temperature, latitude gauge_lat), hargreaves (min/max temperature, latitude), "
+                        "priestley-taylor (net solar + thermal radiation, surface pressure or elevation)")
     p.add_argument("--no-era5-swe", action="store_true",
                    help="do not add snow_depth_water_equivalent_mean as the extra input era5_swe")
     p.add_argument("--attributes", help="comma-separated attribute names to keep (default: every numeric "
@@ -104,28 +114,44 @@ def _refuse_existing(out: str, overwrite: bool) -> None:
 
 
 def run_caravan(args: argparse.Namespace) -> None:
-    """Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/<gauge_id>.{csv,nc} and
-    attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/TWSA tables (--extra, layout in
-    docs/data.md). Every file is checked; gaps in forcing up to --max-gap days are interpolated, anything worse
-    is refused with a one-line error and nothing is written."""
+    """Build a store from Caravan's published layout: timeseries/{csv,netcdf}/<source>/<gauge_id>.{csv,nc} or
+    combined NetCDF files (basin_id × time), attributes/<source>/attributes_*.csv, plus optional LAI/ET/SWE/TWSA
+    tables (--extra, layout in docs/data.md). The time axis is the union of the basins' forcing records (stored
+    as forcing_first_day/forcing_last_day); every file is checked; gaps in forcing up to --max-gap days are
+    interpolated, anything worse is refused with a one-line error (or the basin dropped with --drop-bad-basins)
+    and nothing is written."""
     from pathlib import Path
 
     from rootzone.data.caravan import CaravanBuild, build_caravan
+    from rootzone.data.checks import plural
 
     _refuse_existing(args.out, args.overwrite)
     opts = CaravanBuild(
         root=Path(args.caravan_dir), out=args.out, sources=_csv_list(args.source),
         basins_file=Path(args.basins) if args.basins else None,
         extra_dir=Path(args.extra) if args.extra else None, max_gap=args.max_gap, overwrite=args.overwrite,
-        fmt=args.format, start=args.start, end=args.end, pet_column=args.pet_column,
+        fmt=args.format, start=args.start, end=args.end, pet_column=args.pet_column, pet_method=args.pet_method,
         era5_swe=not args.no_era5_swe, attributes=_csv_list(args.attributes), chunk_basins=args.chunk_basins,
+        drop_bad_basins=args.drop_bad_basins,
     )
     s = build_caravan(opts, show_progress=not args.quiet)
-    print(f"wrote {args.out}: {s['basins']} basins, {s['start']:%Y-%m-%d} to {s['end']:%Y-%m-%d}, "
-          f"variables {', '.join(s['variables'])}; {s['attributes']} attributes (PET from {s['pet_column']})")
+    pets = ", ".join(f"{p} ({plural(n, 'basin')})" for p, n in s["pet_sources"].items())
+    print(f"wrote {args.out}: {plural(s['basins'], 'basin')}, {s['start']:%Y-%m-%d} to {s['end']:%Y-%m-%d}, "
+          f"variables {', '.join(s['variables'])}; {plural(s['attributes'], 'attribute')} (PET from {pets})")
+    if s["shorter"]:
+        print(f"{plural(s['shorter'], 'basin')} with a shorter forcing record than the period "
+              "(forcing_first_day/forcing_last_day; NaN outside)")
+    if s["without_swe"]:
+        print(f"era5_swe left out: {plural(len(s['without_swe']), 'basin')} without "
+              f"snow_depth_water_equivalent_mean ({', '.join(s['without_swe'][:3])}"
+              f"{', ...' if len(s['without_swe']) > 3 else ''})")
     if s["dropped_attributes"]:
-        print(f"dropped {len(s['dropped_attributes'])} attributes with missing values: "
+        print(f"dropped {plural(len(s['dropped_attributes']), 'attribute')} with missing values: "
               f"{', '.join(s['dropped_attributes'])}")
+    if s["dropped_basins"]:
+        print(f"dropped {plural(len(s['dropped_basins']), 'basin')} (--drop-bad-basins):")
+        for line in s["dropped_basins"]:
+            print(f"  {line}")
     for line in s["gaps"]:
         print(line)
 

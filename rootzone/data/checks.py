@@ -13,12 +13,15 @@ import pandas as pd
 
 from rootzone.errors import InputDataError  # defined in rootzone.errors; still importable from here
 
-NEGATIVE_TOLERANCE = 0.1  # mm/d: precipitation, PET or ET down to -0.1 are rounding noise, set to 0
+NEGATIVE_TOLERANCE = 0.1  # mm/d: precipitation, ET, SWE down to -0.1 are rounding noise, set to 0
+PET_CONDENSATION_LIMIT = 5.0  # mm/d: ERA5-Land PET down to about -1.3 is condensation (dew), set to 0;
+# below -5 it cannot be dew or rounding (a flipped sign or wrong units) and is refused
 KELVIN_MEDIAN = 150.0  # °C: a median daily mean temperature above this is Kelvin, not Celsius
 TEMPERATURE_RANGE = (-90.0, 60.0)  # °C: daily means outside it are impossible on Earth
 LAI_MAX = 15.0  # m²/m²: no canopy has more
 TWSA_MAX = 5000.0  # mm: |anomaly| beyond 5 m is a unit error
 NONNEGATIVE = ("precipitation", "pet", "lai", "et", "swe", "era5_swe")  # clipped down to -NEGATIVE_TOLERANCE
+# (pet: down to -PET_CONDENSATION_LIMIT)
 PET_SIGN_HINT = ("; most PET values are negative, i.e. the ECMWF sign convention (evaporation < 0) - "
                  "Caravan publishes PET positive, flip the sign")
 
@@ -28,7 +31,15 @@ UNIT_ALIASES: dict[str, dict[str, float]] = {
     "degC": {"degc": 1.0, "°c": 1.0, "c": 1.0, "deg c": 1.0, "celsius": 1.0, "degrees_celsius": 1.0},
     "mm": {"mm": 1.0, "cm": 10.0, "m": 1000.0, "kg m-2": 1.0, "kg/m2": 1.0},
     "m2/m2": {"m2/m2": 1.0, "m2 m-2": 1.0, "m^2/m^2": 1.0, "1": 1.0, "-": 1.0, "": 1.0},
+    "W m-2": {"w m-2": 1.0, "w/m2": 1.0, "w m**-2": 1.0, "w/m^2": 1.0, "w m^-2": 1.0, "w/m²": 1.0,
+              "w m⁻²": 1.0},
+    "kPa": {"kpa": 1.0, "hpa": 0.1, "pa": 0.001},
 }
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 day"``, ``"3 days"``: the count and the word in the right number."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 @dataclass
@@ -45,9 +56,10 @@ class GapReport:
     def summary(self) -> list[str]:
         lines = []
         for kind, verb in (("filled", "gap-filled by linear interpolation"),
-                           ("clipped", "tiny negative values set to 0")):
+                           ("clipped", "with tiny negative values set to 0")):
             for var, per in sorted(getattr(self, kind).items()):
-                lines.append(f"{var}: {sum(per.values())} days {verb} in {len(per)} basin(s)")
+                what = "with negative values (condensation) set to 0" if (kind, var) == ("clipped", "pet") else verb
+                lines.append(f"{var}: {plural(sum(per.values()), 'day')} {what} in {plural(len(per), 'basin')}")
         return lines
 
     def as_attrs(self) -> dict[str, dict[str, int]]:
@@ -115,7 +127,7 @@ def fill_gaps(values: np.ndarray, time: pd.DatetimeIndex, max_gap: int, where: s
     if lengths.max() > max_gap:
         i = int(np.argmax(lengths))
         raise InputDataError(
-            f"{where}: '{variable}' is missing for {int(lengths[i])} days from {time[starts[i]]:%Y-%m-%d} "
+            f"{where}: '{variable}' is missing for {plural(int(lengths[i]), 'day')} from {time[starts[i]]:%Y-%m-%d} "
             f"(gaps up to --max-gap {max_gap} days are interpolated; longer ones are refused)")
     x = np.arange(len(values))
     values[nan] = np.interp(x[nan], x[~nan], values[~nan])  # np.interp holds the end values flat
@@ -133,7 +145,7 @@ def check_nonnegative(values: np.ndarray, time: pd.Index, where: str, variable: 
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InputDataError(f"{where}: negative '{variable}' {values[i]:.4g} on {_day(time[i])}"
-                             f" ({int(bad.sum())} such days){hint}")
+                             f" ({int(bad.sum())} such {'day' if bad.sum() == 1 else 'days'}){hint}")
     values[tiny] = 0.0
     return int(tiny.sum())
 
@@ -162,8 +174,11 @@ def check_physical(name: str, values: np.ndarray, time: pd.Index, where: str, *,
     - ±inf is refused everywhere (NaN is a gap in forcing, a missing observation in targets);
     - temperature: not Kelvin, daily means inside TEMPERATURE_RANGE;
     - q: never negative (``hint`` is appended to the message);
-    - precipitation, pet, lai, et, swe, era5_swe: values down to -NEGATIVE_TOLERANCE set to 0 (reported
-      as clipped), anything more negative refused (mostly negative PET gets the sign-convention hint);
+    - precipitation, lai, et, swe, era5_swe: values down to -NEGATIVE_TOLERANCE set to 0 (reported as
+      clipped), anything more negative refused;
+    - pet: mostly negative is refused with the sign-convention hint; otherwise negative values down to
+      -PET_CONDENSATION_LIMIT (ERA5-Land's condensation, dew) are set to 0 (reported as clipped), below it
+      refused (a flipped sign or wrong units);
     - lai: at most LAI_MAX; twsa (monthly, mm): |anomaly| at most TWSA_MAX (``hint`` appended);
     - with ``max_gap`` (a forcing): NaN runs up to ``max_gap`` days interpolated (reported), longer refused.
 
@@ -177,8 +192,16 @@ def check_physical(name: str, values: np.ndarray, time: pd.Index, where: str, *,
     elif name == "q":
         check_nonnegative(values, time, where, label, tolerance=0.0, hint=hint)
     elif name in NONNEGATIVE:
-        sign = PET_SIGN_HINT if name == "pet" and np.nanmean(values < 0) > 0.5 else ""
-        report.add("clipped", name, gauge, check_nonnegative(values, time, where, label, hint=sign))
+        tolerance = NEGATIVE_TOLERANCE
+        if name == "pet":
+            with np.errstate(invalid="ignore"):
+                negative = values < 0
+            if negative.sum() > 0.5 * np.isfinite(values).sum():
+                tolerance = 0.0  # mostly negative: the sign convention, not condensation
+            else:
+                tolerance = PET_CONDENSATION_LIMIT
+        sign = PET_SIGN_HINT if name == "pet" and tolerance == 0.0 else ""
+        report.add("clipped", name, gauge, check_nonnegative(values, time, where, label, tolerance, hint=sign))
         if name == "lai" and np.nanmax(values, initial=0.0) > LAI_MAX:
             i = int(np.nanargmax(values))
             raise InputDataError(f"{where}: impossible '{label}' {values[i]:.4g} m2/m2 on {_day(time[i])} "

@@ -78,8 +78,9 @@ def _read(path: Path, key: str, allowed: dict, names: list[str], gauge: str) -> 
 
 
 def read_daily(extra_dir: Path, gauge: str, time: pd.DatetimeIndex, names: list[str], max_gap: int,
-               report: GapReport) -> dict[str, np.ndarray]:
-    """Daily products of one basin on ``time``: {name: [T] float32}, in store units."""
+               report: GapReport, record: slice | None = None) -> dict[str, np.ndarray]:
+    """Daily products of one basin on ``time``: {name: [T] float32}, in store units. A forcing (lai) is
+    gap-filled inside the basin's forcing ``record`` (a slice of ``time``; default all) and NaN outside."""
     path = _file(extra_dir, "daily", gauge)
     where = f"{path} (basin {gauge})"
     df, units = _read(path, "date", DAILY_PRODUCTS, names, gauge)
@@ -89,8 +90,16 @@ def read_daily(extra_dir: Path, gauge: str, time: pd.DatetimeIndex, names: list[
     for name in names:
         canonical = DAILY_PRODUCTS[name][1]
         values = _numeric(df[name], where, name) * unit_factor(units[name], canonical, where, name)
-        check_physical(name, values, time, where, max_gap=max_gap if name == "lai" else None, report=report,
-                       gauge=gauge)
+        forcing = DAILY_PRODUCTS[name][0] == "forcing"
+        if forcing and record is not None:
+            inside = np.zeros(len(time), dtype=bool)
+            inside[record] = True
+            values[~inside] = np.nan
+            check_physical(name, values[record], time[record], where, max_gap=max_gap, report=report,
+                           gauge=gauge)  # in place: values[record] is a view
+        else:
+            check_physical(name, values, time, where, max_gap=max_gap if forcing else None, report=report,
+                           gauge=gauge)
         out[name] = values.astype(np.float32)
     return out
 

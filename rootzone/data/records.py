@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-FIRST, LAST = "forcing_first_day", "forcing_last_day"
+from rootzone.data.schema import RECORD_VARIABLES, forcing_records
+
+FIRST, LAST = RECORD_VARIABLES
 CYCLE_DAYS = 365  # days repeated outside a record: its first or last year
 
 
@@ -55,14 +57,12 @@ class Records:
 
 
 def read_records(ds: xr.Dataset) -> Records:
-    """The records of a store's basins (the whole axis where the store does not bound them)."""
+    """The records of a store's basins (the whole axis where the store does not bound them), from
+    :func:`rootzone.data.schema.forcing_records` (which ``open_store`` has checked lie on the time axis)."""
     time = pd.DatetimeIndex(ds["time"].values)
-    n_basins, n_days = ds.sizes["basin"], len(time)
-    if FIRST not in ds or LAST not in ds:
-        return Records(np.zeros(n_basins, np.int64), np.full(n_basins, n_days - 1, np.int64), n_days)
-    first = time.get_indexer(pd.DatetimeIndex(ds[FIRST].values))
-    last = time.get_indexer(pd.DatetimeIndex(ds[LAST].values))
-    return Records(first.astype(np.int64), last.astype(np.int64), n_days)
+    first, last = forcing_records(ds)
+    return Records(time.get_indexer(pd.DatetimeIndex(first)).astype(np.int64),
+                   time.get_indexer(pd.DatetimeIndex(last)).astype(np.int64), len(time))
 
 
 def fill_outside(arrays: dict[str, np.ndarray], first: np.ndarray, last: np.ndarray, start: int = 0) -> None:

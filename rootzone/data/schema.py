@@ -8,6 +8,11 @@ Variables (flat in the group, each with ``units`` and ``role`` attributes):
                (basin, month)      twsa mm (GRACE-like anomaly); NaN = missing month
     attributes (basin, attribute)  static basin attributes, float
     truth      any of the above    ``true_*`` variables of a synthetic twin experiment (optional)
+    records    (basin,)            ``forcing_first_day``, ``forcing_last_day`` (datetime64[ns], optional):
+                                   each basin's forcing record; forcing is complete inside it and NaN
+                                   outside it. Absent: every basin covers the whole time axis.
+    build info (basin,)            role ``basin_info``, e.g. ``pet_negative_days``, ``forcing_gap_days``,
+                                   ``pet_method`` (optional; see docs/data.md)
 
 Coordinates: ``basin`` (variable-length UTF-8 strings), ``time`` (daily, no gaps), ``month`` (first day
 of each month), ``attribute`` (names). Group attributes: ``rootzone_schema`` (version), ``source``.
@@ -43,6 +48,7 @@ SCHEMA_KEY = DATA_STORE_KEY  # "rootzone_schema": the attribute that marks a sto
 
 FORCING_UNITS = {"precipitation": "mm/d", "temperature": "degC", "pet": "mm/d", "lai": "m2/m2"}
 REQUIRED_FORCING = ("precipitation", "temperature", "pet")
+RECORD_VARIABLES = ("forcing_first_day", "forcing_last_day")  # (basin,) datetime64[ns]: each basin's record
 # The forcing of the process model in the order of its [..., 4] input (DESIGN §4); lai is optional (0 if absent).
 PHYSICS_FORCING = ("precipitation", "temperature", "pet", "lai")
 
@@ -239,6 +245,50 @@ def validate(ds: xr.Dataset, where: str = "store") -> None:
         _check_units(ds[name], name, TARGET_UNITS[name], where)
     if "attributes" not in ds or ds["attributes"].dims != ("basin", "attribute"):
         raise StoreError(f"{where}: 'attributes' (basin, attribute) is missing")
+    present = [v for v in RECORD_VARIABLES if v in ds]
+    if present and len(present) != len(RECORD_VARIABLES):
+        raise StoreError(f"{where}: '{present[0]}' without '{(set(RECORD_VARIABLES) - set(present)).pop()}' "
+                         "(a basin's forcing record needs both)")
+    for name in present:
+        if ds[name].dims != ("basin",) or not np.issubdtype(ds[name].dtype, np.datetime64):
+            raise StoreError(f"{where}: '{name}' must be a date per basin (dims (basin,), datetime64), "
+                             f"has dims {ds[name].dims} and dtype {ds[name].dtype}")
+
+
+def forcing_records(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Each basin's first and last day of forcing ([B] datetime64[ns] each): ``forcing_first_day`` and
+    ``forcing_last_day`` of the store, or the whole time axis for every basin in a store without them
+    (older stores, demo stores, imported pickles). Reads the two small variables."""
+    time = ds["time"].values
+    n = ds.sizes["basin"]
+    if RECORD_VARIABLES[0] not in ds:
+        return np.full(n, time[0], dtype="datetime64[ns]"), np.full(n, time[-1], dtype="datetime64[ns]")
+    with store_reads(store_where(ds)):
+        first = np.asarray(ds[RECORD_VARIABLES[0]].values, dtype="datetime64[ns]")
+        last = np.asarray(ds[RECORD_VARIABLES[1]].values, dtype="datetime64[ns]")
+    return first, last
+
+
+def record_mask(ds: xr.Dataset) -> xr.DataArray:
+    """[basin, time] bool: True on the days inside each basin's forcing record (all True without records)."""
+    first, last = forcing_records(ds)
+    time = ds["time"]
+    return (time >= xr.DataArray(first, dims="basin")) & (time <= xr.DataArray(last, dims="basin"))
+
+
+def check_records(ds: xr.Dataset, where: str = "store") -> None:
+    """The values of ``forcing_first_day``/``forcing_last_day`` (when present): every basin has a record
+    (no NaT), first <= last, both on the time axis. One StoreError line naming the basin otherwise."""
+    if RECORD_VARIABLES[0] not in ds:
+        return
+    first, last = forcing_records(ds)
+    lo, hi = ds["time"].values[0], ds["time"].values[-1]
+    bad = np.isnat(first) | np.isnat(last) | (first > last) | (first < lo) | (last > hi)
+    if bad.any():
+        b = int(np.flatnonzero(bad)[0])
+        raise StoreError(f"{where}: basin {ds['basin'].values[b]!s} has an impossible forcing record "
+                         f"{str(first[b])[:10]} to {str(last[b])[:10]} (time axis {str(lo)[:10]} to "
+                         f"{str(hi)[:10]})")
 
 
 def _check_units(da: xr.DataArray, name: str, expected: str, where: str) -> None:
@@ -275,9 +325,8 @@ def store_reads(where: str) -> Iterator[None]:
 
 
 def check_forcing_finite(ds: xr.Dataset, where: str = "store") -> None:
-    """Forcing and attributes may not hold NaN or ±inf, and precipitation may not be negative. Where the store
-    bounds each basin's record (``forcing_first_day``/``forcing_last_day``, rootzone/data/records.py), forcing
-    outside it is missing by design and only the days inside are checked.
+    """Forcing (inside each basin's record, :func:`record_mask`) and attributes may not hold NaN or ±inf,
+    and precipitation may not be negative.
 
     Reads the forcing basin block by basin block when ``ds`` is lazy (only per-basin counts are kept), so
     it may be called on a whole opened store as well as on in-memory training forcing. The message names
@@ -285,15 +334,9 @@ def check_forcing_finite(ds: xr.Dataset, where: str = "store") -> None:
     """
     import dask
 
-    from rootzone.data.records import read_records
-
     where = store_where(ds) if where == "store" else where
-    records = read_records(ds)
-    inside = None
-    if records.partial:
-        day = xr.DataArray(np.arange(records.n_days), dims="time")
-        inside = (day >= xr.DataArray(records.first, dims="basin")) & (day <= xr.DataArray(records.last, dims="basin"))
     counts: dict[tuple[str, str], xr.DataArray] = {}
+    inside = record_mask(ds) if RECORD_VARIABLES[0] in ds else None
     for name in [*forcing_names(ds), "attributes"]:
         if name not in ds:
             continue
@@ -407,18 +450,22 @@ def open_store(url: str) -> xr.Dataset:
     except Exception as exc:  # zarr/xarray raise many kinds; the user needs one line
         raise StoreError(f"store '{url}' is not a readable Zarr store ({type(exc).__name__}: {exc})") from None
     validate(ds, where=f"store '{url}'")
+    check_records(ds, where=f"store '{url}'")
     return ds
 
 
 @dataclass(frozen=True)
 class VariableSpec:
-    """One variable of a store built in pieces: name, role (forcing/target/auxiliary), units and dims
-    (``("basin", "time")`` daily or ``("basin", "month")`` monthly)."""
+    """One variable of a store built in pieces: name, role (forcing/target/auxiliary/basin_info), units,
+    dims (``("basin", "time")`` daily, ``("basin", "month")`` monthly or ``("basin",)`` one value per
+    basin) and dtype (float32; a per-basin variable may be ``datetime64[ns]`` or an integer)."""
 
     name: str
     role: str
     units: str
-    dims: tuple[str, str] = ("basin", "time")
+    dims: tuple[str, ...] = ("basin", "time")
+    dtype: str = "float32"
+    long_name: str = ""
 
 
 def make_template(
@@ -444,9 +491,15 @@ def make_template(
     for v in variables:
         shape = tuple(lengths[d] for d in v.dims)
         chunks = tuple(min(n, basin_chunk if d == "basin" else TIME_CHUNK) for d, n in zip(v.dims, shape))
-        data[v.name] = xr.DataArray(
-            da.full(shape, np.nan, dtype=np.float32, chunks=chunks), dims=v.dims,
-            attrs={"units": v.units, "role": v.role, "long_name": DESCRIPTIONS.get(v.name, v.name)})
+        dtype = np.dtype(v.dtype)
+        fill = np.datetime64("NaT", "ns") if dtype.kind == "M" else (np.nan if dtype.kind == "f" else 0)
+        var_attrs = {"role": v.role, "long_name": v.long_name or DESCRIPTIONS.get(v.name, v.name)}
+        if dtype.kind != "M":  # xarray's datetime encoding owns 'units' of a date variable
+            var_attrs["units"] = v.units
+        data[v.name] = xr.DataArray(da.full(shape, fill, dtype=dtype, chunks=chunks), dims=v.dims,
+                                    attrs=var_attrs)
+        if dtype.kind == "M":
+            data[v.name].encoding = {"units": "days since 1970-01-01", "dtype": "int64"}
     return _assemble(data, basins, time, months, attributes, source, attrs, where="new store")
 
 
@@ -470,7 +523,7 @@ class StoreWriter:
         self.attrs: dict[str, Any] = {}  # added to the group attributes on commit (e.g. a build report)
 
     def __enter__(self) -> StoreWriter:
-        encoding = {name: {"chunks": _chunks(self.template[name], self.basin_chunk)}
+        encoding = {name: {**self.template[name].encoding, "chunks": _chunks(self.template[name], self.basin_chunk)}
                     for name in self.template.data_vars}
         try:
             with warnings.catch_warnings():
@@ -493,7 +546,8 @@ class StoreWriter:
         for v in names:
             if v not in self.template or self.template[v].dims != block[v].dims:
                 raise ValueError(f"block variable '{v}' does not match the store layout")
-        out = block[names].drop_vars(list(block.coords)).astype(np.float32)
+        out = block[names].drop_vars(list(block.coords))
+        out = out.assign({v: out[v].astype(np.float32) for v in names if out[v].dtype.kind == "f"})
         out.to_zarr(self.tmp_url, region={"basin": slice(start, start + n)}, mode="r+", zarr_format=3,
                     consolidated=False)
         self.written[start:start + n] = True
