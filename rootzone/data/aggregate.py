@@ -113,6 +113,9 @@ def read_polygons(path: str, id_field: str, grid_crs, to_crs: bool):
                              "--id-field")
     if not len(gdf):
         raise InputDataError(f"{path}: holds no polygons")
+    if gdf[id_field].isna().any():
+        raise InputDataError(f"{path}: {int(gdf[id_field].isna().sum())} polygon(s) without a basin id in "
+                             f"'{id_field}'")
     ids = gdf[id_field].astype(str).str.strip()
     dup = sorted(set(ids[ids.duplicated()]))
     if dup:
@@ -253,28 +256,26 @@ def check_out(out: str, product: str, overwrite: bool) -> dict | None:
 def _chunk_len(job: AggregateJob, w: Weights, n_time: int) -> int:
     if job.time_chunk:
         return max(1, min(job.time_chunk, n_time))
-    box = (int(w.rows.max() - w.rows.min()) + 1) * (int(w.cols.max() - w.cols.min()) + 1) if len(w.rows) else 1
-    per_step = 8 * (box + 3 * len(w.cell))
-    return int(max(1, min(n_time, CHUNK_BUDGET_BYTES // max(per_step, 1))))
+    box = (w.rows.stop - w.rows.start) * (w.cols.stop - w.cols.start)
+    per_step = 8 * 4 * max(box, 1)  # the float64 block, its finite mask, the zero-filled copy, slack
+    return int(max(1, min(n_time, CHUNK_BUDGET_BYTES // per_step)))
 
 
 def stream_means(grid: Grid, w: Weights, min_valid: float, steps: slice, chunk: int,
                  tick: Callable[[], None] | None = None) -> np.ndarray:
-    """[time, basins] area-weighted means, read ``chunk`` time steps at a time (dask) from the sub-grid the
+    """[time, basins] area-weighted means, read ``chunk`` time steps at a time (dask) from the box of cells the
     basins touch."""
-    n_basins = len(w.start) - 1
+    n_basins = w.matrix.shape[0]
     n_time = len(range(*steps.indices(grid.data.shape[0])))
-    if not len(w.rows):
+    if w.matrix.shape[1] == 0:
         return np.full((n_time, n_basins), np.nan)
-    r0, r1, c0, c1 = int(w.rows.min()), int(w.rows.max()) + 1, int(w.cols.min()), int(w.cols.max()) + 1
     dims = grid.data.dims
-    sub = grid.data.isel({dims[0]: steps, dims[1]: slice(r0, r1), dims[2]: slice(c0, c1)})
+    sub = grid.data.isel({dims[0]: steps, dims[1]: w.rows, dims[2]: w.cols})
     sub = sub.chunk({dims[0]: chunk, dims[1]: -1, dims[2]: -1})
     lo, hi = grid.valid
     out = np.empty((n_time, n_basins))
     for i in range(0, n_time, chunk):
         block = np.asarray(sub.isel({dims[0]: slice(i, i + chunk)}).values, dtype=np.float64)
-        block = block[:, w.rows - r0][:, :, w.cols - c0]
         if lo is not None:
             block[block < lo] = np.nan
         if hi is not None:
@@ -320,7 +321,7 @@ def aggregate(job: AggregateJob, show_progress: bool = True) -> dict:
     means *= factors[:, None]
     _check_plausible(job.product, means, grid.units if job.units is None else job.units, where)
     table_index, table, info = _product_series(job, anchors, means, step, ids)
-    no_cells = [ids[b] for b in range(len(ids)) if w.start[b + 1] == w.start[b]]
+    no_cells = [ids[b] for b in np.flatnonzero(w.n_cells == 0)]
     info.update(source=str(job.grid), variable=grid.variable, units_in=job.units or grid.units,
                 time_step=step if step != "other" else f"{step_days} days", time_steps=len(anchors),
                 first=f"{table_index[0]:%Y-%m-%d}", last=f"{table_index[-1]:%Y-%m-%d}", basins=len(ids),
@@ -420,7 +421,7 @@ def _publish(job: AggregateJob, frame: pd.DataFrame, info: dict) -> None:
         kind = "daily" if job.product in DAILY_PRODUCTS else "monthly"
         key, names = ("date", list(DAILY_PRODUCTS)) if kind == "daily" else ("month", list(MONTHLY_PRODUCTS))
         fmt = "%Y-%m-%d" if kind == "daily" else "%Y-%m"
-        new = frame.copy()
+        new = frame
         new.index = new.index.strftime(fmt)
         existing = _read_existing(out, kind) if out.exists() else {}
         basins = sorted(set(existing) | set(frame.columns))

@@ -26,8 +26,8 @@ import pandas as pd
 from rootzone.errors import InputDataError
 
 EARTH_RADIUS_M = 6_371_007.2  # authalic sphere
-_LAT_NAMES = ("lat", "latitude", "nav_lat", "y")
-_LON_NAMES = ("lon", "longitude", "long", "nav_lon", "x")
+_LAT_NAMES = ("lat", "latitude", "nav_lat")  # x/y dimensions count only with degrees as units
+_LON_NAMES = ("lon", "longitude", "long", "nav_lon")
 _REGULAR_TOL = 1e-3  # spacing may vary by this fraction of a cell (float32 coordinates)
 
 
@@ -72,7 +72,7 @@ def _open(path: str):
             with warnings.catch_warnings():  # a store without consolidated metadata is fine
                 warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
                 return xr.open_dataset(p, engine="zarr", chunks=None)
-        return xr.open_dataset(p, engine="h5netcdf", chunks=None)
+        return xr.open_dataset(p, chunks=None)  # h5netcdf for NetCDF-4, or netCDF4/scipy where installed
     except (OSError, ValueError, TypeError, KeyError) as exc:
         hint = "" if is_zarr else " (rootzone reads NetCDF-4/HDF5 files; convert NetCDF-3 with `nccopy -k nc4`)"
         raise InputDataError(f"{path}: cannot open as {'a Zarr store' if is_zarr else 'NetCDF'}: "
@@ -246,17 +246,21 @@ def _read_mask(spec: str, ds, path: str, lat: np.ndarray, lon: np.ndarray) -> np
 
 @dataclass
 class Weights:
-    """Cells and weights of every basin, on the sub-grid ``rows`` x ``cols`` of the grid (indices as stored).
+    """Cells and weights of every basin, within the box ``rows`` x ``cols`` of the grid (stored order) that
+    holds every cell any basin touches.
 
-    ``cell`` indexes the flattened sub-grid (row-major over ``rows`` x ``cols``); entries are sorted by basin
-    and ``start[b]:start[b+1]`` are basin b's. ``weight`` = coverage fraction x cell area (m²)."""
+    ``matrix`` is a sparse [basins, box cells] CSR array (box cells row-major): coverage fraction x cell area
+    (m²)."""
 
-    rows: np.ndarray  # [r] lat indices
-    cols: np.ndarray  # [c] lon indices
-    cell: np.ndarray  # [nnz] int64
-    weight: np.ndarray  # [nnz] float64, m²
-    start: np.ndarray  # [basins + 1] int64
+    rows: slice  # lat indices of the box
+    cols: slice  # lon indices of the box
+    matrix: object  # scipy.sparse.csr_array [basins, box cells], m²
     inside: np.ndarray  # [basins] fraction of each polygon's area inside the grid's extent
+
+    @property
+    def n_cells(self) -> np.ndarray:
+        """[basins] number of cells with a non-zero weight."""
+        return np.diff(self.matrix.indptr)
 
 
 def cell_areas(grid: Grid) -> np.ndarray:
@@ -272,6 +276,7 @@ def basin_weights(grid: Grid, polygons) -> Weights:
     import shapely
     from exactextract import exact_extract
     from exactextract.raster import NumPyRasterSource
+    from scipy import sparse
 
     west, south, east, north = grid.extent()
     nlat, nlon = len(grid.lat), len(grid.lon)
@@ -309,34 +314,27 @@ def basin_weights(grid: Grid, polygons) -> Weights:
     if grid.mask is not None:
         keep &= grid.mask[r, c]
     basin, r, c, weight = basin[keep], r[keep], c[keep], weight[keep]
-    rows, r_sub = np.unique(r, return_inverse=True)
-    cols, c_sub = np.unique(c, return_inverse=True)
-    order = np.argsort(basin, kind="stable")
-    start = np.searchsorted(basin[order], np.arange(n + 1))
+    r0, r1 = (int(r.min()), int(r.max()) + 1) if len(r) else (0, 0)
+    c0, c1 = (int(c.min()), int(c.max()) + 1) if len(c) else (0, 0)
+    matrix = sparse.csr_array((weight, (basin, (r - r0) * (c1 - c0) + (c - c0))),
+                              shape=(n, (r1 - r0) * (c1 - c0)))
+    matrix.sum_duplicates()
     frac = np.divide(inside, areas, out=np.zeros(n), where=areas > 0)
-    return Weights(rows=rows, cols=cols, cell=(r_sub * len(cols) + c_sub)[order], weight=weight[order],
-                   start=start, inside=np.minimum(frac, 1.0))
+    return Weights(rows=slice(r0, r1), cols=slice(c0, c1), matrix=matrix, inside=np.minimum(frac, 1.0))
 
 
 def basin_means(block: np.ndarray, w: Weights, min_valid: float) -> np.ndarray:
-    """Area-weighted means of one time chunk: block [t, r, c] on the sub-grid -> [t, basins] (NaN where less
-    than ``min_valid`` of a basin's weight has a finite value)."""
+    """Area-weighted means of one time chunk: block [t, r, c] on the box -> [t, basins], NaN cells left out
+    (NaN where less than ``min_valid`` of a basin's weight has a value, or the basin has no cell).
+
+    Two sparse x dense products: sum(w·v) and sum(w·[v finite]) over each basin's cells."""
     t = block.shape[0]
-    n = len(w.start) - 1
-    out = np.full((t, n), np.nan)
-    if not len(w.cell):
-        return out
-    values = block.reshape(t, -1)[:, w.cell]
+    values = block.reshape(t, -1).T  # [cells, t]
     ok = np.isfinite(values)
-    num = np.where(ok, values, 0.0) * w.weight
-    den = ok * w.weight
-    has = np.flatnonzero(np.diff(w.start) > 0)
-    starts = w.start[has]
-    total = np.add.reduceat(w.weight, starts)
-    num_b = np.add.reduceat(num, starts, axis=1)
-    den_b = np.add.reduceat(den, starts, axis=1)
+    num = w.matrix @ np.where(ok, values, 0.0)  # [basins, t]
+    den = w.matrix @ ok.astype(np.float64)
+    total = np.asarray(w.matrix.sum(axis=1)).ravel()[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = num_b / den_b
-    mean[(den_b <= 0) | (den_b < min_valid * total * (1 - 1e-9))] = np.nan
-    out[:, has] = mean
-    return out
+        mean = num / den
+    mean[(den <= 0) | (den < min_valid * total * (1 - 1e-9))] = np.nan
+    return mean.T
