@@ -1,13 +1,13 @@
 """Grid -> basin aggregation benchmark: throughput and peak RSS of ``rootzone data aggregate``.
 
-    python benchmarks/bench_aggregate.py                               # 200x200 and 800x800 cells, 60 and 240 months
+    python benchmarks/bench_aggregate.py                       # 400x400 and 800x800 cells, 120 and 480 months
     python benchmarks/bench_aggregate.py --sizes 50x50 --steps 6 12 --basins 5 --out /tmp/a.json
 
 Synthetic monthly TWSA-like grids (float32 NetCDF-4, cm, CF packing-free, fill values on a few cells) over a
 40° x 40° region and random star-shaped basin polygons inside it. Every aggregation runs in its own process
 (``os.wait4`` ru_maxrss, as benchmarks/bench_data.py). Claims checked: throughput in basins x grid cells x
 months per second, and peak RSS that does not grow with the number of time steps (the grid is read in time
-chunks of about 256 MB; the larger grid file is bigger than that budget). Results go to
+chunks of about 256 MB, so every run here has several chunks; the grid files are bigger than that budget). Results go to
 benchmarks/results/aggregate_cpu.json.
 """
 
@@ -107,8 +107,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=["200x200", "800x800"], help="grids, NLATxNLON")
-    ap.add_argument("--steps", type=int, nargs="+", default=[60, 240], help="time steps (months) per grid")
+    ap.add_argument("--sizes", nargs="+", default=["400x400", "800x800"], help="grids, NLATxNLON")
+    ap.add_argument("--steps", type=int, nargs="+", default=[120, 480], help="time steps (months) per grid")
     ap.add_argument("--basins", type=int, default=200, help="basin polygons (default 200)")
     ap.add_argument("--time-chunk", type=int, help="pass --time-chunk (default: the command's own budget)")
     ap.add_argument("--workdir", help="where to put grids and tables (default: a temporary folder)")

@@ -31,7 +31,8 @@ from rootzone.safety import check_output_path, clean_stale_temps, fs_and_path, i
 
 MANIFEST = "rootzone_aggregate.json"
 PRODUCTS = ("lai", "et", "swe", "twsa")
-CHUNK_BUDGET_BYTES = 256 * 2**20  # grid values held per time chunk (float64 block + selected cells)
+CHUNK_BUDGET_BYTES = 256 * 2**20  # memory for one time chunk of the grid
+BYTES_PER_CELL_STEP = 40  # read (float32) + float64 block + masks + float64 mask + scipy's contiguous copy
 LATENT_HEAT_MJ_KG = 2.45  # MJ/kg: latent heat of vaporisation, converts energy fluxes to mm of water
 PLAUSIBLE_MAX = {"lai": LAI_MAX, "et": 50.0, "swe": 20_000.0, "twsa": TWSA_MAX}  # |value| beyond: wrong units
 
@@ -257,7 +258,7 @@ def _chunk_len(job: AggregateJob, w: Weights, n_time: int) -> int:
     if job.time_chunk:
         return max(1, min(job.time_chunk, n_time))
     box = (w.rows.stop - w.rows.start) * (w.cols.stop - w.cols.start)
-    per_step = 8 * 4 * max(box, 1)  # the float64 block, its finite mask, the zero-filled copy, slack
+    per_step = BYTES_PER_CELL_STEP * max(box, 1)
     return int(max(1, min(n_time, CHUNK_BUDGET_BYTES // per_step)))
 
 

@@ -324,14 +324,16 @@ def basin_weights(grid: Grid, polygons) -> Weights:
 
 
 def basin_means(block: np.ndarray, w: Weights, min_valid: float) -> np.ndarray:
-    """Area-weighted means of one time chunk: block [t, r, c] on the box -> [t, basins], NaN cells left out
+    """Area-weighted means of one time chunk: block [t, r, c] on the box (overwritten) -> [t, basins], NaN
+    cells left out
     (NaN where less than ``min_valid`` of a basin's weight has a value, or the basin has no cell).
 
     Two sparse x dense products: sum(w·v) and sum(w·[v finite]) over each basin's cells."""
     t = block.shape[0]
-    values = block.reshape(t, -1).T  # [cells, t]
+    values = block.reshape(t, -1).T  # [cells, t], a view
     ok = np.isfinite(values)
-    num = w.matrix @ np.where(ok, values, 0.0)  # [basins, t]
+    values[~ok] = 0.0  # in place: block is the caller's scratch copy
+    num = w.matrix @ values  # [basins, t]
     den = w.matrix @ ok.astype(np.float64)
     total = np.asarray(w.matrix.sum(axis=1)).ravel()[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
