@@ -16,6 +16,8 @@ import pytest
 import shapely
 import xarray as xr
 from conftest import assert_refused, run_cli, tree_snapshot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 gpd = pytest.importorskip("geopandas")
 
@@ -124,7 +126,7 @@ def test_0_360_and_descending_latitudes_and_zarr_give_identical_results(tmp_path
         "inland": shapely.Polygon([(10.2, 40.1), (14.7, 41.3), (11.1, 44.9)]),
     })
     aggregate(capsys, g1, polys, tmp_path / "a")
-    aggregate(capsys, g2, polys, tmp_path / "b")
+    aggregate(capsys, g2, polys, tmp_path / "b", "et", "--time-chunk", "1")  # streamed one step at a time
     for gauge in ("meridian", "inland"):
         a, b = daily(tmp_path / "a", gauge)["et"], daily(tmp_path / "b", gauge)["et"]
         np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -178,6 +180,11 @@ def test_fill_values_packing_valid_range_and_mask(tmp_path, capsys):
     lai = daily(tmp_path / "lai", "all")["lai"]
     assert len(lai) == 9
     np.testing.assert_allclose(lai, (w[0] * 1.0 + w[2] * 3.0) / (w[0] + w[2]), rtol=1e-7)
+    xr.Dataset({"land_mask": land}, coords={"lat": [0.5, 1.5], "lon": [0.5, 1.5]}).to_netcdf(
+        tmp_path / "mask.nc", engine="h5netcdf")  # JPL-style separate mask file
+    aggregate(capsys, modis, polys, tmp_path / "lai2", "lai", "--variable", "Lai_500m", "--mask",
+              f"{tmp_path / 'mask.nc'}:land_mask", "--min-valid", "0")
+    pd.testing.assert_frame_equal(daily(tmp_path / "lai2", "all"), daily(tmp_path / "lai", "all"))
 
 
 def test_lai_composites_to_daily_with_gaps(tmp_path, capsys):
@@ -254,6 +261,10 @@ def test_monthly_et_in_mm_per_month_becomes_daily_rate(tmp_path, capsys):
     np.testing.assert_allclose(et["2001-02"], 2.0)
     assert et["2001-03"].isna().all()
     np.testing.assert_allclose(et["2001-04"], 3.0)
+    aggregate(capsys, g, polys, tmp_path / "cut", "et", "--start", "2001-02-01", "--end", "2001-03-31")
+    et = daily(tmp_path / "cut", "a")["et"]
+    assert et.index[0] == pd.Timestamp("2001-02-01") and et.index[-1] == pd.Timestamp("2001-02-28")
+    np.testing.assert_allclose(et, 2.0)
 
 
 def test_products_merge_into_one_folder_and_feed_the_caravan_build(tmp_path, capsys):
@@ -370,3 +381,28 @@ def test_refuses_bad_grids(tmp_path, capsys, good):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     refused(capsys, tmp_path, g, p, out, "--product", "et", words=("not written by rootzone",))
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    """A 1° ring of cells, longitudes 0..360, latitudes 30..50 descending."""
+    from rootzone.data.grids import open_grid
+
+    path = tmp_path_factory.mktemp("ring") / "g.nc"
+    write_grid(path, np.zeros((1, 20, 360)), np.arange(49.5, 30, -1), np.arange(0.5, 360), DAYS[:1])
+    return open_grid(str(path), "v")
+
+
+@settings(max_examples=30, deadline=None)
+@given(west=st.floats(-200, 170), width=st.floats(0.01, 30), south=st.integers(30, 45), rows=st.integers(1, 5))
+def test_weights_of_a_box_sum_to_its_area_on_the_sphere(ring, west, width, south, rows):
+    """A lon/lat box whose latitudes are cell edges (any longitudes, across 0° or beyond ±180°): the weights
+    sum to its area on the sphere, R² Δλ (sin φ_north − sin φ_south)."""
+    from rootzone.data.grids import EARTH_RADIUS_M, basin_weights
+
+    box = gpd.GeoDataFrame({"gauge_id": ["b"]}, geometry=[shapely.box(west, south, west + width, south + rows)],
+                           crs="EPSG:4326")
+    w = basin_weights(ring, box)
+    area = EARTH_RADIUS_M**2 * np.radians(width) * (np.sin(np.radians(south + rows)) - np.sin(np.radians(south)))
+    assert w.matrix.sum() == pytest.approx(area, rel=1e-6)
+    assert w.inside[0] == pytest.approx(1.0)

@@ -140,6 +140,7 @@ def read_polygons(path: str, id_field: str, grid_crs, to_crs: bool):
             raise InputDataError(f"{path}: polygons are in {gdf.crs.to_string()}, the grid in "
                                  f"{grid_crs.to_string()}; add --to-crs to reproject the polygons")
         gdf = gdf.to_crs(grid_crs)
+    gdf = gdf.set_crs(grid_crs, allow_override=True)  # e.g. OGC:CRS84 is EPSG:4326 with lon/lat axis order
     out = gpd.GeoDataFrame({"gauge_id": ids.to_numpy()}, geometry=shapely.make_valid(gdf.geometry.values),
                            crs=gdf.crs)
     return out
