@@ -153,15 +153,15 @@ def _by_day(anchors: pd.DatetimeIndex, values: np.ndarray) -> tuple[pd.DatetimeI
     return pd.DatetimeIndex(frame.index), frame.to_numpy()
 
 
-def interpolate_daily(anchors: pd.DatetimeIndex, values: np.ndarray, max_gap: int
+def interpolate_daily(anchors: pd.DatetimeIndex, values: np.ndarray, max_gap: int, step: int | None = None
                       ) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]:
     """Composites (e.g. MODIS 8-day LAI) -> daily values by linear interpolation between valid observations.
 
     Observations of each basin more than one nominal step + ``max_gap`` days apart are not bridged: the days
-    between stay NaN. Returns (days, [D, B], days bridged across a missing observation [B], days left
-    missing [B])."""
+    between stay NaN (``step``: the nominal step in days, default the median spacing). Returns (days, [D, B],
+    days bridged across a missing observation [B], days left missing [B])."""
     anchors, values = _by_day(anchors, values)
-    _, step = time_step(anchors)
+    step = time_step(anchors)[1] if step is None else step
     days = pd.date_range(anchors[0], anchors[-1], freq="D")
     x = (anchors - days[0]).days.to_numpy()
     d = np.arange(len(days))
@@ -301,7 +301,7 @@ def aggregate(job: AggregateJob, show_progress: bool = True) -> dict:
     where = f"{job.grid}: '{grid.variable}'"
     steps = _select_time(grid, job)
     anchors = grid.anchors[steps]
-    step, step_days = time_step(anchors)
+    step, step_days = time_step(grid.anchors)  # of the whole grid: a --start/--end may leave one step
     _check_step(job.product, step, step_days, where)
     factors = unit_factors(job.product, job.units or grid.units, anchors, step, where)
     polys = read_polygons(job.polygons, job.id_field, grid.crs, job.to_crs)
@@ -322,7 +322,7 @@ def aggregate(job: AggregateJob, show_progress: bool = True) -> dict:
         means = stream_means(grid, w, job.min_valid, steps, chunk, lambda: bar.advance(task))
     means *= factors[:, None]
     _check_plausible(job.product, means, grid.units if job.units is None else job.units, where)
-    table_index, table, info = _product_series(job, anchors, means, step, ids)
+    table_index, table, info = _product_series(job, anchors, means, (step, step_days), ids)
     no_cells = [ids[b] for b in np.flatnonzero(w.n_cells == 0)]
     info.update(source=str(job.grid), variable=grid.variable, units_in=job.units or grid.units,
                 time_step=step if step != "other" else f"{step_days} days", time_steps=len(anchors),
@@ -365,10 +365,12 @@ def _check_plausible(product: str, means: np.ndarray, units: str | None, where: 
                              "(give --mask, or valid_range in the file)")
 
 
-def _product_series(job: AggregateJob, anchors: pd.DatetimeIndex, means: np.ndarray, step: str, ids: list[str]):
+def _product_series(job: AggregateJob, anchors: pd.DatetimeIndex, means: np.ndarray, step_of: tuple[str, int],
+                    ids: list[str]):
+    step, step_days = step_of
     info: dict = {}
     if job.product == "lai":
-        days, values, filled, missing = interpolate_daily(anchors, means, job.max_gap)
+        days, values, filled, missing = interpolate_daily(anchors, means, job.max_gap, step_days)
         info.update(max_gap=job.max_gap, gap_filled_days=_per_basin(filled, ids),
                     missing_days=_per_basin(missing, ids))
         job.report.append(f"lai: {int(filled.sum())} days interpolated across missing composites, "
