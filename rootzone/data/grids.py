@@ -7,6 +7,7 @@ variable says otherwise). CF ``_FillValue``/``missing_value``/``scale_factor``/`
 xarray; ``valid_min``/``valid_max``/``valid_range`` (in packed units when the variable is packed, as CF says)
 mask the values outside them (MODIS LAI's 249..255 class codes).
 
+:func:`read_polygons` reads basin polygons (GeoPackage, Shapefile, GeoJSON) and checks ids and CRS;
 :func:`basin_weights` gives every basin's cells and their weights: the exact fraction of each cell covered by
 the polygon (exactextract) times the cell's area on the sphere, R² Δλ (sin φ_top − sin φ_bottom). Polygons
 are matched against the grid shifted by −360°, 0 and +360°, so a basin across the 0° meridian on a 0..360
@@ -242,6 +243,56 @@ def _read_mask(spec: str, ds, path: str, lat: np.ndarray, lon: np.ndarray) -> np
                              f"vs {len(lat)}x{len(lon)})")
     values = np.asarray(m.values, dtype=np.float64)
     return np.isfinite(values) & (values != 0)
+
+
+def read_polygons(path: str, id_field: str, grid_crs, to_crs: bool):
+    """Basin polygons (GeoPackage, Shapefile, GeoJSON) in the grid's CRS; ids are strings, unique."""
+    import geopandas as gpd
+    import shapely
+
+    p = Path(path)
+    if not p.exists():
+        raise InputDataError(f"{path}: no such polygon file")
+    try:
+        gdf = gpd.read_file(p, engine="pyogrio")
+    except Exception as exc:  # pyogrio raises its own DataSourceError, ValueError, ...
+        raise InputDataError(f"{path}: cannot read polygons: {' '.join(str(exc).split())[:200]}") from None
+    if id_field not in gdf.columns:
+        raise InputDataError(f"{path}: no basin id field '{id_field}' (fields: "
+                             f"{', '.join(c for c in gdf.columns if c != gdf.geometry.name)}); choose one with "
+                             "--id-field")
+    if not len(gdf):
+        raise InputDataError(f"{path}: holds no polygons")
+    if gdf[id_field].isna().any():
+        raise InputDataError(f"{path}: {int(gdf[id_field].isna().sum())} polygon(s) without a basin id in "
+                             f"'{id_field}'")
+    ids = gdf[id_field].astype(str).str.strip()
+    dup = sorted(set(ids[ids.duplicated()]))
+    if dup:
+        raise InputDataError(f"{path}: duplicate basin ids in '{id_field}': {', '.join(dup[:10])}"
+                             f"{' ...' if len(dup) > 10 else ''}")
+    bad = [i for i in ids if not i or i in (".", "..") or "/" in i or "\\" in i or i.lower() == "nan"]
+    if bad:
+        raise InputDataError(f"{path}: basin id {bad[0]!r} in '{id_field}' cannot name a table file")
+    geom = gdf.geometry
+    empty = ids[(geom.isna() | geom.is_empty).to_numpy()]
+    if len(empty):
+        raise InputDataError(f"{path}: basin {empty.iloc[0]} has no geometry ({len(empty)} such basins)")
+    kinds = set(geom.geom_type)
+    if not kinds <= {"Polygon", "MultiPolygon"}:
+        raise InputDataError(f"{path}: basins must be polygons, found {', '.join(sorted(kinds))}")
+    if gdf.crs is None:
+        raise InputDataError(f"{path}: the polygons have no CRS (a Shapefile needs its .prj file); set it, e.g. "
+                             "`ogr2ogr -a_srs EPSG:4326 fixed.gpkg FILE`")
+    if not gdf.crs.equals(grid_crs, ignore_axis_order=True):
+        if not to_crs:
+            raise InputDataError(f"{path}: polygons are in {gdf.crs.to_string()}, the grid in "
+                                 f"{grid_crs.to_string()}; add --to-crs to reproject the polygons")
+        gdf = gdf.to_crs(grid_crs)
+    gdf = gdf.set_crs(grid_crs, allow_override=True)  # e.g. OGC:CRS84 is EPSG:4326 with lon/lat axis order
+    out = gpd.GeoDataFrame({"gauge_id": ids.to_numpy()}, geometry=shapely.make_valid(gdf.geometry.values),
+                           crs=gdf.crs)
+    return out
 
 
 @dataclass
