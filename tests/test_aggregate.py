@@ -364,6 +364,28 @@ def test_refuses_bad_polygons(tmp_path, capsys, good):
             words=("no basin id field 'name'", "gauge_id"))
 
 
+def test_grid_mapping_read(tmp_path, capsys, good):
+    """A CF latitude_longitude mapping on the WGS84 ellipsoid is EPSG:4326 (no --to-crs needed); another
+    datum needs --to-crs; a projected grid is refused."""
+    _, p = good
+    crs = {"grid_mapping_name": "latitude_longitude", "semi_major_axis": 6378137.0,
+           "inverse_flattening": 298.257223563}
+    g = write_grid(tmp_path / "cf.nc", cell_field(), LAT, LON, DAYS, attrs={"grid_mapping": "crs"},
+                   extra={"crs": xr.DataArray(0, attrs=crs)})
+    aggregate(capsys, g, p, tmp_path / "o")
+    w0, w1 = row_area(0.5), row_area(1.5)  # the box covers 0.64 of cells (0, 0), (0, 1), (1, 0), (1, 1)
+    np.testing.assert_allclose(daily(tmp_path / "o", "a")["et"].iloc[0], (w0 * 1 + w1 * 21) / (2 * (w0 + w1)),
+                               rtol=1e-6)
+    nad = write_grid(tmp_path / "nad.nc", cell_field(), LAT, LON, DAYS, attrs={"grid_mapping": "crs"},
+                     extra={"crs": xr.DataArray(0, attrs={"crs_wkt": "EPSG:4269"})})
+    refused(capsys, tmp_path, nad, p, tmp_path / "x", "--product", "et", words=("--to-crs", "EPSG:4269"))
+    merc = write_grid(tmp_path / "merc.nc", cell_field(), LAT, LON, DAYS, attrs={"grid_mapping": "crs"},
+                      extra={"crs": xr.DataArray(0, attrs={"grid_mapping_name": "mercator",
+                                                           "longitude_of_projection_origin": 0.0,
+                                                           "standard_parallel": 0.0})})
+    refused(capsys, tmp_path, merc, p, tmp_path / "x", "--product", "et", words=("projected",))
+
+
 def test_refuses_bad_grids(tmp_path, capsys, good):
     g, p = good
     out = tmp_path / "out"

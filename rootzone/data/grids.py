@@ -119,6 +119,11 @@ def _grid_crs(ds, da, path: str):
                 crs = CRS.from_cf(dict(attrs))
             except CRSError:
                 pass
+            else:  # a bare CF latitude_longitude mapping on the WGS84 ellipsoid is EPSG:4326
+                e = crs.ellipsoid
+                if (crs.is_geographic and e is not None and abs(e.semi_major_metre - 6378137.0) < 1e-3
+                        and abs(e.inverse_flattening - 298.257223563) < 1e-6):
+                    crs = CRS.from_epsg(4326)
     if not crs.is_geographic:
         raise InputDataError(f"{path}: the grid's CRS is projected ({crs.name}); rootzone aggregates regular "
                              "latitude/longitude grids only (reproject the product first)")
