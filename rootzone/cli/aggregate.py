@@ -67,9 +67,9 @@ def run_aggregate(args: argparse.Namespace) -> None:
                        min_coverage=args.min_coverage, time_chunk=args.time_chunk, start=args.start,
                        end=args.end, overwrite=args.overwrite)
     s = aggregate(job, show_progress=not args.quiet)
-    table = "daily" if args.product != "twsa" else "monthly"
-    print(f"wrote {args.out}/{table}: {args.product} of {s['basins']} basins, {s['first']:%Y-%m-%d} to "
-          f"{s['last']:%Y-%m-%d}, from {s['steps']} time steps of '{s['info']['variable']}'")
+    table, fmt = ("daily", "%Y-%m-%d") if args.product != "twsa" else ("monthly", "%Y-%m")
+    print(f"wrote {args.out}/{table}: {args.product} of {s['basins']} basin{'s' * (s['basins'] != 1)}, "
+          f"{s['first']:{fmt}} to {s['last']:{fmt}}, from {s['steps']} time steps of '{s['info']['variable']}'")
     for line in job.report:
         print(line)
     if s["no_cells"]:

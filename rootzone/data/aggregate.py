@@ -273,9 +273,10 @@ def aggregate(job: AggregateJob, show_progress: bool = True) -> dict:
     _check_plausible(job.product, means, grid.units if job.units is None else job.units, where)
     table_index, table, info = _product_series(job, anchors, means, (step, step_days), ids)
     no_cells = [ids[b] for b in np.flatnonzero(w.n_cells == 0)]
+    fmt = "%Y-%m" if job.product in MONTHLY_PRODUCTS else "%Y-%m-%d"
     info.update(source=str(job.grid), variable=grid.variable, units_in=job.units or grid.units,
                 time_step=step if step != "other" else f"{step_days} days", time_steps=len(anchors),
-                first=f"{table_index[0]:%Y-%m-%d}", last=f"{table_index[-1]:%Y-%m-%d}", basins=len(ids),
+                first=f"{table_index[0]:{fmt}}", last=f"{table_index[-1]:{fmt}}", basins=len(ids),
                 basins_without_cells=no_cells, polygons=str(job.polygons))
     frame = pd.DataFrame(table, index=table_index, columns=ids)
     _publish(job, frame, info)
