@@ -91,9 +91,10 @@ def test_constant_field_half_cell_small_basin_and_mixed_weights(tmp_path, capsys
         "two_cols": shapely.box(0.5, 61.0, 1.5, 62.0),  # half of (2, 0) and half of (2, 1): same row
         "two_rows": shapely.box(3.0, 59.5, 4.0, 61.0),  # half of (0, 3) and all of (1, 3)
         "odd": shapely.Polygon([(0.1, 59.1), (3.9, 59.3), (2.0, 61.9)]),
+        "bowtie": shapely.Polygon([(0, 59), (2, 61), (2, 59), (0, 61)]),  # self-intersecting, as drawn by hand
     })
     aggregate(capsys, c, polys, tmp_path / "const")
-    for gauge in ("half", "small", "two_cols", "two_rows", "odd"):
+    for gauge in ("half", "small", "two_cols", "two_rows", "odd", "bowtie"):
         np.testing.assert_allclose(daily(tmp_path / "const", gauge)["et"], 2.5, rtol=1e-12)
     out = tmp_path / "o"
     aggregate(capsys, g, polys, out)
@@ -101,6 +102,9 @@ def test_constant_field_half_cell_small_basin_and_mixed_weights(tmp_path, capsys
     np.testing.assert_allclose(daily(out, "half")["et"], 11 + t, rtol=1e-6)
     np.testing.assert_allclose(daily(out, "small")["et"], 2 + t, rtol=1e-6)
     np.testing.assert_allclose(daily(out, "two_cols")["et"], (20 + 21) / 2 + t, rtol=1e-6)
+    # bow-tie: two triangles, each half of a 2 x 2 block: cells (0, 0), (1, 0) half each, (0, 1), (1, 1) too
+    wb = np.array([row_area(59.5), row_area(60.5)])
+    np.testing.assert_allclose(daily(out, "bowtie")["et"], (wb @ [0.5, 10.5]) / wb.sum() + t, rtol=1e-6)
     # half of the cell centred at 59.5 (its northern half, in lon/lat) and all of the one at 60.5
     w0, w1 = 0.5 * row_area(59.5), row_area(60.5)
     expect = (w0 * 3 + w1 * 13) / (w0 + w1)

@@ -295,9 +295,11 @@ def read_polygons(path: str, id_field: str, grid_crs, to_crs: bool):
                                  f"{grid_crs.to_string()}; add --to-crs to reproject the polygons")
         gdf = gdf.to_crs(grid_crs)
     gdf = gdf.set_crs(grid_crs, allow_override=True)  # e.g. OGC:CRS84 is EPSG:4326 with lon/lat axis order
-    out = gpd.GeoDataFrame({"gauge_id": ids.to_numpy()}, geometry=shapely.make_valid(gdf.geometry.values),
-                           crs=gdf.crs)
-    return out
+    geoms = shapely.force_2d(gdf.geometry.values)
+    bad = ~shapely.is_valid(geoms)  # self-intersections (a bow-tie) become their polygonal parts
+    geoms[bad] = [g if g.geom_type in ("Polygon", "MultiPolygon") else g.buffer(0)
+                  for g in shapely.make_valid(geoms[bad])]
+    return gpd.GeoDataFrame({"gauge_id": ids.to_numpy()}, geometry=geoms, crs=gdf.crs)
 
 
 @dataclass
