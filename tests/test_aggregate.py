@@ -189,6 +189,12 @@ def test_fill_values_packing_valid_range_and_mask(tmp_path, capsys):
     aggregate(capsys, modis, polys, tmp_path / "lai2", "lai", "--variable", "Lai_500m", "--mask",
               f"{tmp_path / 'mask.nc'}:land_mask", "--min-valid", "0")
     pd.testing.assert_frame_equal(daily(tmp_path / "lai2", "all"), daily(tmp_path / "lai", "all"))
+    loose = write_grid(tmp_path / "lai3.nc", codes, [0.5, 1.5], [0.5, 1.5], pd.date_range("2001-01-01",
+                       periods=2, freq="8D"), name="Lai_500m", units=None,  # range given unpacked (not CF)
+                       attrs={"valid_range": np.array([0.0, 10.0], np.float32), "scale_factor": 0.1},
+                       extra={"land": land})
+    aggregate(capsys, loose, polys, tmp_path / "lai3", "lai", "--mask", "land", "--min-valid", "0")
+    pd.testing.assert_frame_equal(daily(tmp_path / "lai3", "all"), daily(tmp_path / "lai", "all"))
 
 
 def test_lai_composites_to_daily_with_gaps(tmp_path, capsys):

@@ -164,20 +164,24 @@ def _anchors(ds, time_dim: str, path: str) -> pd.DatetimeIndex:
 
 
 def _valid_bounds(da) -> tuple[float | None, float | None]:
-    """CF valid_min/valid_max/valid_range, in decoded units (packed ranges are scaled like the data)."""
+    """CF valid_min/valid_max/valid_range, in decoded units. CF gives them in packed units (the stored type),
+    so on a packed variable they are scaled like the data; a floating-point range on integer-packed data is
+    taken as already unpacked (a common departure from CF)."""
     attrs = {**da.encoding, **da.attrs}
     lo, hi = attrs.get("valid_min"), attrs.get("valid_max")
     if "valid_range" in attrs:
         lo, hi = np.asarray(attrs["valid_range"]).ravel()[:2]
     scale, offset = attrs.get("scale_factor"), attrs.get("add_offset")
-    packed = scale is not None or offset is not None
+    stored = np.dtype(da.encoding.get("dtype", np.float64))
     out = []
     for v in (lo, hi):
         if v is None:
             out.append(None)
-        else:
-            v = float(np.asarray(v).ravel()[0])
-            out.append(v * float(scale if scale is not None else 1) + float(offset or 0) if packed else v)
+            continue
+        v = np.asarray(v).ravel()[:1]
+        packed = (scale is not None or offset is not None) and (v.dtype.kind in "iu" or v.dtype == stored)
+        v = float(v[0])
+        out.append(v * float(scale if scale is not None else 1) + float(offset or 0) if packed else v)
     return out[0], out[1]
 
 
