@@ -347,11 +347,6 @@ def _per_basin(counts: np.ndarray, ids: list[str]) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _table_path(root: Path, product: str, gauge: str) -> Path:
-    kind = "daily" if product in DAILY_PRODUCTS else "monthly"
-    return root / kind / f"{gauge}.csv"
-
-
 def _read_existing(root: Path, kind: str) -> dict[str, pd.DataFrame]:
     folder = root / kind
     if not folder.is_dir():
