@@ -195,6 +195,11 @@ def test_fill_values_packing_valid_range_and_mask(tmp_path, capsys):
                        extra={"land": land})
     aggregate(capsys, loose, polys, tmp_path / "lai3", "lai", "--mask", "land", "--min-valid", "0")
     pd.testing.assert_frame_equal(daily(tmp_path / "lai3", "all"), daily(tmp_path / "lai", "all"))
+    sea = write_polygons(tmp_path / "sea.gpkg", {"all": shapely.box(0, 0, 2, 2),
+                                                  "sea": shapely.box(1.1, 0.1, 1.9, 0.9)})  # the masked cell
+    stdout = aggregate(capsys, loose, sea, tmp_path / "lai4", "lai", "--mask", "land", "--min-valid", "0")
+    assert "1 basin(s) have no usable grid cell (masked) and empty lai: sea" in stdout
+    assert daily(tmp_path / "lai4", "sea")["lai"].isna().all() and len(daily(tmp_path / "lai4", "sea")) == 9
 
 
 def test_lai_composites_to_daily_with_gaps(tmp_path, capsys):
