@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from rootzone.data.checks import LAI_MAX, TWSA_MAX, parse_day
-from rootzone.data.grids import Grid, Weights, basin_means, basin_weights, open_grid, read_polygons
+from rootzone.data.grids import (
+    Grid,
+    Weights,
+    basin_weights,
+    finish_means,
+    open_grid,
+    read_polygons,
+    weighted_sums,
+)
 from rootzone.data.products import DAILY_PRODUCTS, MONTHLY_PRODUCTS
 from rootzone.errors import InputDataError, RootzoneError
 from rootzone.safety import check_output_path, clean_stale_temps, fs_and_path, is_local, locked, temp_sibling
@@ -204,34 +212,47 @@ def check_out(out: str, product: str, overwrite: bool) -> dict | None:
     return doc
 
 
-def _chunk_len(job: AggregateJob, w: Weights, n_time: int) -> int:
-    if job.time_chunk:
-        return max(1, min(job.time_chunk, n_time))
-    box = (w.rows.stop - w.rows.start) * (w.cols.stop - w.cols.start)
-    per_step = BYTES_PER_CELL_STEP * max(box, 1)
-    return int(max(1, min(n_time, CHUNK_BUDGET_BYTES // per_step)))
+def _chunk_len(job: AggregateJob, w: Weights, n_time: int) -> tuple[int, int]:
+    """(time steps, box rows) read at a time: all rows of the box for as many steps as fit in the budget, or,
+    when one step of the box does not fit, one step in bands of rows."""
+    rows, cols = w.rows.stop - w.rows.start, max(w.cols.stop - w.cols.start, 1)
+    per_row_step = BYTES_PER_CELL_STEP * cols
+    steps = job.time_chunk or CHUNK_BUDGET_BYTES // max(per_row_step * max(rows, 1), 1)
+    steps = int(max(1, min(steps, n_time)))
+    band = int(max(1, min(max(rows, 1), CHUNK_BUDGET_BYTES // (per_row_step * steps))))
+    return steps, band
 
 
-def stream_means(grid: Grid, w: Weights, min_valid: float, steps: slice, chunk: int,
+def stream_means(grid: Grid, w: Weights, min_valid: float, steps: slice, chunk: int, band: int | None = None,
                  tick: Callable[[], None] | None = None) -> np.ndarray:
-    """[time, basins] area-weighted means, read ``chunk`` time steps at a time (dask) from the box of cells the
-    basins touch."""
+    """[time, basins] area-weighted means, read ``chunk`` time steps x ``band`` rows of the box of cells the
+    basins touch at a time (dask), so neither the time axis nor the grid needs to fit in memory."""
     n_basins = w.matrix.shape[0]
     n_time = len(range(*steps.indices(grid.data.shape[0])))
     if w.matrix.shape[1] == 0:
         return np.full((n_time, n_basins), np.nan)
+    rows, cols = w.rows.stop - w.rows.start, w.cols.stop - w.cols.start
+    band = rows if band is None else band
     dims = grid.data.dims
     sub = grid.data.isel({dims[0]: steps, dims[1]: w.rows, dims[2]: w.cols})
-    sub = sub.chunk({dims[0]: chunk, dims[1]: -1, dims[2]: -1})
+    sub = sub.chunk({dims[0]: chunk, dims[1]: band, dims[2]: -1})
+    bands = [(r, min(r + band, rows)) for r in range(0, rows, band)]
+    parts = [w.matrix[:, r0 * cols:r1 * cols] for r0, r1 in bands]  # the weights of each band's cells
+    total = np.asarray(w.matrix.sum(axis=1)).ravel()
     lo, hi = grid.valid
     out = np.empty((n_time, n_basins))
     for i in range(0, n_time, chunk):
-        block = np.asarray(sub.isel({dims[0]: slice(i, i + chunk)}).values, dtype=np.float64)
-        if lo is not None:
-            block[block < lo] = np.nan
-        if hi is not None:
-            block[block > hi] = np.nan
-        out[i:i + chunk] = basin_means(block, w, min_valid)
+        num = den = 0.0
+        for (r0, r1), part in zip(bands, parts):
+            block = np.asarray(sub.isel({dims[0]: slice(i, i + chunk), dims[1]: slice(r0, r1)}).values,
+                               dtype=np.float64)
+            if lo is not None:
+                block[block < lo] = np.nan
+            if hi is not None:
+                block[block > hi] = np.nan
+            n, d = weighted_sums(block, part)
+            num, den = num + n, den + d
+        out[i:i + chunk] = finish_means(num, den, total, min_valid)
         if tick:
             tick()
     return out
@@ -264,11 +285,11 @@ def aggregate(job: AggregateJob, show_progress: bool = True) -> dict:
                              f"lat {south:g}..{north:g}): {listed}{' ...' if len(short) > 5 else ''}; "
                              "area inside must be at least --min-coverage "
                              f"{job.min_coverage:g}")
-    chunk = _chunk_len(job, w, len(anchors))
+    chunk, band = _chunk_len(job, w, len(anchors))
     n_chunks = -(-len(anchors) // chunk)
     with progress_bar(show_progress) as bar:
         task = bar.add_task(f"{job.product} <- {grid.variable}", total=n_chunks)
-        means = stream_means(grid, w, job.min_valid, steps, chunk, lambda: bar.advance(task))
+        means = stream_means(grid, w, job.min_valid, steps, chunk, band, lambda: bar.advance(task))
     means *= factors[:, None]
     _check_plausible(job.product, means, grid.units if job.units is None else job.units, where)
     table_index, table, info = _product_series(job, anchors, means, (step, step_days), ids)

@@ -385,20 +385,20 @@ def basin_weights(grid: Grid, polygons) -> Weights:
     return Weights(rows=slice(r0, r1), cols=slice(c0, c1), matrix=matrix, inside=np.minimum(frac, 1.0))
 
 
-def basin_means(block: np.ndarray, w: Weights, min_valid: float) -> np.ndarray:
-    """Area-weighted means of one time chunk: block [t, r, c] on the box (overwritten) -> [t, basins], NaN
-    cells left out
-    (NaN where less than ``min_valid`` of a basin's weight has a value, or the basin has no cell).
-
-    Two sparse x dense products: sum(w·v) and sum(w·[v finite]) over each basin's cells."""
+def weighted_sums(block: np.ndarray, matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Sums over each basin's cells of one block [t, r, c] (overwritten): (sum w·v, sum w·[v finite]), each
+    [basins, t]; ``matrix`` holds the weights of the block's cells (row-major). Two sparse x dense products."""
     t = block.shape[0]
     values = block.reshape(t, -1).T  # [cells, t], a view
     ok = np.isfinite(values)
     values[~ok] = 0.0  # in place: block is the caller's scratch copy
-    num = w.matrix @ values  # [basins, t]
-    den = w.matrix @ ok.astype(np.float64)
-    total = np.asarray(w.matrix.sum(axis=1)).ravel()[:, None]
+    return matrix @ values, matrix @ ok.astype(np.float64)
+
+
+def finish_means(num: np.ndarray, den: np.ndarray, total: np.ndarray, min_valid: float) -> np.ndarray:
+    """[t, basins] means from the sums [basins, t] and each basin's total weight [basins]: NaN where less than
+    ``min_valid`` of the weight has a value (or the basin has no cell)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = num / den
-    mean[(den <= 0) | (den < min_valid * total * (1 - 1e-9))] = np.nan
+    mean[(den <= 0) | (den < min_valid * total[:, None] * (1 - 1e-9))] = np.nan
     return mean.T
