@@ -415,6 +415,13 @@ def test_refuses_bad_grids(tmp_path, capsys, good):
         tmp_path / "nolatlon.nc", engine="h5netcdf")
     refused(capsys, tmp_path, tmp_path / "nolatlon.nc", p, out, "--product", "et",
             words=("no 1-D latitude/longitude", "row, col"))
+    xr.Dataset({"v": (("band", "time", "lat", "lon"), np.stack([cell_field()] * 2))},
+               coords={"time": DAYS, "lat": LAT, "lon": LON}).to_netcdf(tmp_path / "bands.nc", engine="h5netcdf")
+    refused(capsys, tmp_path, tmp_path / "bands.nc", p, out, "--product", "et", words=("extra dimension", "band (2)"))
+    xr.Dataset({"v": (("lat", "lon"), cell_field()[0])}, coords={"lat": LAT, "lon": LON}).to_netcdf(
+        tmp_path / "static.nc", engine="h5netcdf")
+    refused(capsys, tmp_path, tmp_path / "static.nc", p, out, "--product", "et", "--variable", "v",
+            words=("no time dimension",))
     bad_units = write_grid(tmp_path / "u.nc", cell_field(), LAT, LON, DAYS, units="furlongs/fortnight")
     refused(capsys, tmp_path, bad_units, p, out, "--product", "et", words=("furlongs/fortnight", "mm/d"))
     refused(capsys, tmp_path, g, p, out, "--product", "swe", "--units", "cm/d", words=("cm/d", "'mm'"))
