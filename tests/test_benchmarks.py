@@ -92,3 +92,20 @@ def test_precision_verdict():
     worse = bench_precision.verdict([row("fp32", 0, 0.90), row("bf16", 0, 0.80), row("fp32", 1, 0.91),
                                      row("bf16", 1, 0.81)], tolerance=0.02)
     assert not worse["q"]["ok"] and worse["q"]["diff"] == pytest.approx(-0.10)
+
+
+def test_bench_aggregate_smoke(tmp_path):
+    """bench_aggregate end to end on a tiny grid: two time lengths, each in its own process, with throughput,
+    peak RSS and the flat-in-time verdict recorded."""
+    pytest.importorskip("exactextract")
+    out = tmp_path / "agg.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_aggregate.py"), "--sizes", "12x16", "--steps", "3", "7",
+                           "--basins", "3", "--time-chunk", "2", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(r["grid"], r["months"], r["chunks"]) for r in result["runs"]] == [("12x16", 3, 2), ("12x16", 7, 4)]
+    assert all(r["basin_cell_months_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in result["runs"])
+    assert set(result["peak_rss_ratio_longest_vs_shortest"]) == {"12x16"}
+    assert isinstance(result["peak_rss_flat_in_time"], bool) and "commit" in result

@@ -101,6 +101,10 @@ def register_builders(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", metavar="STORE", help="store path or fsspec URL")
     p.set_defaults(func=run_info)
 
+    from rootzone.cli import aggregate
+
+    aggregate.register(sub)
+
 
 def _csv_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
