@@ -31,3 +31,23 @@ def test_training_recovers_the_twin(tiny_store, tmp_path):
     assert rec["smax_median_abs_log_ratio"] < rec0["smax_median_abs_log_ratio"]
     assert trained.best_validation_loss < 0.7 * untrained.best_validation_loss
     assert np.isfinite(list(trained.smax_mean.values())).all()
+
+
+def test_ci_sized_twin_recovers_smax(tmp_path_factory):
+    """Issue 13 M5 at CI size: 32 basins, 10 years, one trial. The thresholds are the README's M5 figures for
+    median |log ratio| and r, with a lower bound on the slope of log learned on log true (32 basins hold too
+    few extremes to pin it to the full-size 0.85-1.15). The code before issue 13 (cold-start windows, per-window
+    TWSA anomalies, per-day dropout), trained the same way on its own 32 x 10 demo store, gave r 0.930, median
+    |log ratio| 0.222, slope 0.468 and fails all three; this code gave r 0.976, 0.121, 0.72 (2-core CPU)."""
+    from rootzone.data.demo import build_demo
+    from rootzone.data.schema import write_store
+
+    root = tmp_path_factory.mktemp("twin32")
+    store = str(root / "demo32.zarr")
+    write_store(build_demo(basins=32, years=10, seed=0), store)
+    cfg = Config(store=store, out=str(root / "run"), hidden_size=64, warmup_days=180, batch_size=8, epochs=40,
+                 progress=False, threads=1)  # one thread: small tensors, and no oversubscription beside others
+    rec = train_trial(cfg).truth_recovery
+    assert rec["smax_pearson_r"] >= 0.95, rec
+    assert rec["smax_median_abs_log_ratio"] <= 0.15, rec
+    assert 0.65 <= rec["smax_log_slope"] <= 1.15, rec
