@@ -376,6 +376,9 @@ def _log_start(trial: Trial, resumed: bool) -> None:
     log.info("store %s: %d basins, %d days; fold %d/%d years %s; device %s, physics %s", cfg.store,
              data.n_basins, data.n_days, cfg.fold, cfg.folds, data.split.to_dict(), trial.device,
              trial.model.physics_impl)
+    if data.absent_targets:
+        log.warning("target(s) %s have no observations on the training days of this fold: absent from the "
+                    "loss (still simulated and scored where observed)", ", ".join(data.absent_targets))
     if data.records.partial:
         days = data.records.days(np.arange(data.n_basins))
         log.info("basin records differ: %d to %d days (each basin trained and scored on its own record only)",

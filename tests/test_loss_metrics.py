@@ -217,3 +217,4 @@ def test_train_without_a_target_and_a_basin_without_observations_is_quiet(tmp_pa
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
     log = (out / "train.log").read_text()
     assert "'q'" in log and "'swe'" not in log and "'twsa'" not in log  # absent, not a loss of 0.0
+    assert "target(s) swe have no observations on the training days" in log  # and said so once

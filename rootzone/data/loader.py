@@ -138,6 +138,7 @@ class StoreData:
         self.train_days = np.flatnonzero(split.masks["train"])
         self.normaliser = normaliser or self._fit_normaliser()
         self.static = self._normalised_static()
+        self.absent_targets: list[str] = []  # targets without observations on training days (_target_scales)
         self.scale = self._target_scales()
         # month slot of every day on the store's time axis
         self.month_of_day = self.months.get_indexer(self.time.to_period("M").to_timestamp())
@@ -206,6 +207,8 @@ class StoreData:
                 warnings.filterwarnings("ignore", r"(Degrees of freedom|Mean of empty slice|All-NaN slice)",
                                         RuntimeWarning)
                 var = sel.var(dim=sel.dims[1], skipna=True).values.astype(np.float64)
+            if not np.isfinite(var).any():  # no basin has two training observations: not in the loss
+                self.absent_targets.append(t)
             fallback = np.nanmedian(var) if np.isfinite(var).any() else 1.0
             scales[t] = np.where(np.isfinite(var), var, fallback)
         return scales
