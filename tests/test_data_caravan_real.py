@@ -328,3 +328,26 @@ def test_info_shows_the_build_facts(real, capsys):
     assert "negative PET set to 0 (condensation): 4 days in 2 basins (camelsch_2009 3, camelsch_2011 1)" in flat
     assert "forcing gaps filled by linear interpolation: 3 days in 1 basin (camelses_1001 3)" in flat
     assert "warning" not in flat
+
+
+def test_a_store_of_different_records_trains_and_scores_each_record(real, tmp_path, capsys):
+    """Item 2 end to end: `rootzone train` on the built store (basins with different records) runs, trains
+    only on windows inside each record and scores each basin on its own days."""
+    import json
+
+    from conftest import TINY_TRAIN, run_cli
+
+    store = str(real["root"] / "store.zarr")
+    code, _, err = run_cli(capsys, "train", "--store", store, "--out", tmp_path / "run", "--epochs", "1",
+                           *TINY_TRAIN)
+    assert code == 0, err
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "basin records differ" in log
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ds = real["ds"]
+    for split, entry in metrics["splits"].items():
+        for b, gauge in enumerate(ds.basin.values):
+            scored = entry["q"]["basins"][str(gauge)]
+            # observations outside a basin's record never count
+            inside = (ds.time >= ds.forcing_first_day[b]) & (ds.time <= ds.forcing_last_day[b])
+            assert scored["n_obs"] <= int(np.isfinite(ds.q.values[b][inside.values]).sum()), (split, gauge)
