@@ -1,4 +1,4 @@
-"""``python -m rootzone.cli ARGS`` = ``rootzone ARGS``."""
+"""``python -m rootzone ARGS`` = ``rootzone ARGS``."""
 
 from rootzone.cli.main import entry
 
