@@ -40,6 +40,7 @@ PHYSICS_CHOICES = ("auto", "fused", "compiled", "eager")
 PRECISION_CHOICES = ("fp32", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PARAM_MODES = ("dynamic", "static")
+MODEL_CHOICES = ("hybrid", "lstm")
 
 
 @dataclass
@@ -60,6 +61,9 @@ class Config:
     targets: list[str] = field(default_factory=lambda: list(TARGETS))  # missing ones are skipped
     target_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TARGETS})
     # model
+    # hybrid: network + buckets (DESIGN §5); lstm: a plain LSTM predicting the targets directly (the ablation
+    # baseline, rootzone/model_lstm.py: no buckets, so param_mode, param_ranges, physics and spin-up are unused)
+    model: str = "hybrid"
     hidden_size: int = 128
     dropout: float = 0.0  # one mask per sequence; > 0 shifts a window's storage level (see README)
     forget_bias: float = 3.0
@@ -106,6 +110,7 @@ class Config:
         need(self.validation_years >= 0, "validation_years", "must be >= 0 (0 = 2 when the record allows)")
         need(self.hidden_size >= 1, "hidden_size", "must be >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(self.model in MODEL_CHOICES, "model", f"must be one of {MODEL_CHOICES}")
         need(self.param_mode in PARAM_MODES, "param_mode", f"must be one of {PARAM_MODES}")
         need(self.physics in PHYSICS_CHOICES, "physics", f"must be one of {PHYSICS_CHOICES}")
         need(self.precision in PRECISION_CHOICES, "precision", f"must be one of {PRECISION_CHOICES}")

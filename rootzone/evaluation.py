@@ -176,7 +176,8 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
     was_training = model.training
     model.eval()
     cycles = data.cfg.spinup_cycles
-    states = np.zeros((3, data.n_basins, data.n_days + 1), dtype=np.float32)
+    stateful = getattr(model, "stateful", True)  # the plain LSTM keeps no storages: only the TWSA levels
+    states = np.zeros((3, data.n_basins, data.n_days + 1 if stateful else 0), dtype=np.float32)
     monthly = [t for t in data.targets if schema.target(t).monthly]
     tws_monthly = np.full((data.n_basins, len(data.months)), np.nan)
     ref = {t: (np.full(data.n_basins, np.nan), np.full(data.n_basins, np.nan)) for t in monthly}
@@ -190,8 +191,9 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
                 out, spun = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, cycles)
                 most = max(most, spun.cycles)
                 bk = out.buckets
-                states[:, basins, 0] = spun.state.float().cpu().numpy()
-                states[:, basins, 1:] = torch.stack([bk.w, bk.s, bk.g]).float().cpu().numpy()
+                if stateful:
+                    states[:, basins, 0] = spun.state.float().cpu().numpy()
+                    states[:, basins, 1:] = torch.stack([bk.w, bk.s, bk.g]).float().cpu().numpy()
                 tws = loss.monthly_mean(bk.tws.double(), batch.day_month, len(batch.months)).cpu().numpy()
                 tws_monthly[np.ix_(basins, batch.months)] = tws
                 for t in monthly:  # (every monthly target is scored on TWS)
@@ -216,7 +218,7 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
     has_twsa = "twsa" in data.targets
     names = list(data.targets) + (list(TWSA_PARTS) if has_twsa else [])
     per: dict[str, dict[str, dict[str, dict[str, float]]]] = {s: {t: {} for t in names} for s in SPLITS}
-    param_mean = np.zeros((data.n_basins, len(PARAM_NAMES)))
+    param_mean = np.full((data.n_basins, len(PARAM_NAMES)), np.nan)  # stays NaN for the plain LSTM
     targets = [schema.target(t) for t in data.targets]
     most, unconverged = 0, 0
     with torch.no_grad():
@@ -227,7 +229,8 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
             out, spun = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, data.cfg.spinup_cycles)
             most = max(most, spun.cycles)
             unconverged += 0 if spun.converged else len(basins)
-            param_mean[basins] = out.params.mean(dim=1).double().cpu().numpy()
+            if out.params is not None:
+                param_mean[basins] = out.params.mean(dim=1).double().cpu().numpy()
             sims = {}
             for t in targets:
                 series = t.model_series(out.buckets).double()

@@ -35,8 +35,23 @@ SPINUP_TOL_MM = 1.0  # ... until no storage changes by this much (mm) per cycle
 
 
 class ModelOutput(NamedTuple):
-    params: Tensor  # [B, L, 8] physical units, PARAM_NAMES order
-    buckets: BucketOutputs  # each [B, L]
+    params: Tensor | None  # [B, L, 8] physical units, PARAM_NAMES order; None for the plain LSTM
+    buckets: BucketOutputs  # each [B, L] (the plain LSTM: rootzone.model_lstm.DirectOutputs)
+
+
+MODEL_KINDS = ("hybrid", "lstm")  # Config.model
+
+
+def build_model(cfg: Config, n_dynamic: int, n_static: int, physics_impl: str | None = None,
+                scales: list[float] | None = None) -> nn.Module:
+    """The model ``cfg.model`` names: :class:`HybridModel` ("hybrid") or
+    :class:`rootzone.model_lstm.LSTMModel` ("lstm", which takes ``scales``, its output scales). Both have
+    ``kind``, ``stateful`` (carries bucket storages), ``forward`` and ``run_record``."""
+    if cfg.model == "lstm":
+        from rootzone.model_lstm import LSTMModel
+
+        return LSTMModel(n_dynamic, n_static, cfg, physics_impl, scales)
+    return HybridModel(n_dynamic, n_static, cfg, physics_impl)
 
 
 class HybridModel(nn.Module):
@@ -45,6 +60,9 @@ class HybridModel(nn.Module):
     ``self.cfg`` carries the same value, so the two never disagree. "auto" is resolved for the device of the
     forcing on each call (:func:`rootzone.physics.dispatch.resolve`); "eager", "compiled" and "fused" run as
     they are."""
+
+    kind = "hybrid"
+    stateful = True  # bucket storages: spun up, stored between windows
 
     def __init__(self, n_dynamic: int, n_static: int, cfg: Config, physics_impl: str | None = None):
         super().__init__()

@@ -84,9 +84,12 @@ def _run_member(lm: LoadedMember, arr: dict[str, np.ndarray], att: np.ndarray, a
         out, _ = lm.model.run_record(torch.from_numpy(x_dyn).to(device), torch.from_numpy(x_stat).to(device),
                                      forcing.to(device), lm.cfg.spinup_cycles)
         bk = out.buckets
-        series = {"smax": out.params[..., 0], "s": bk.s, "w": bk.w, "g": bk.g, "q": bk.q, "et": bk.et,
-                  "swe": bk.swe, "tws": bk.tws}
-        return {k: v.double().cpu().numpy() for k, v in series.items()}
+        series = {"w": bk.w, "q": bk.q, "et": bk.et, "swe": bk.swe, "tws": bk.tws}
+        if out.params is not None:  # the hybrid; the plain LSTM has no S_max and no separate storages
+            series.update(smax=out.params[..., 0], s=bk.s, g=bk.g)
+        result = {k: v.double().cpu().numpy() for k, v in series.items()}
+        nan = np.full(next(iter(result.values())).shape, np.nan)
+        return {v: result.get(v, nan) for v in st.VARIABLES}
 
 
 def report_invalid(result: ChunkResult) -> None:
