@@ -41,6 +41,7 @@ PRECISION_CHOICES = ("fp32", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PARAM_MODES = ("dynamic", "static")
 MODEL_CHOICES = ("hybrid", "lstm")
+ROUTING_CHOICES = ("none", "gamma")
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Config:
     # parameters spanning decades are squashed in log space: low * (high/low) ** sigmoid(x)
     log_params: list[str] = field(default_factory=lambda: ["smax", "kg"])
     physics: str = "auto"  # auto | fused | compiled | eager
+    # hybrid levers (issue 14, docs/model.md and docs/ablation.md); the defaults are the plain bucket model
+    routing: str = "none"  # none | gamma: Q through a learned gamma unit hydrograph of 15 days (per basin)
     precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
     epochs: int = 40  # passes over the training basins
@@ -111,6 +114,7 @@ class Config:
         need(self.hidden_size >= 1, "hidden_size", "must be >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.model in MODEL_CHOICES, "model", f"must be one of {MODEL_CHOICES}")
+        need(self.routing in ROUTING_CHOICES, "routing", f"must be one of {ROUTING_CHOICES}")
         need(self.param_mode in PARAM_MODES, "param_mode", f"must be one of {PARAM_MODES}")
         need(self.physics in PHYSICS_CHOICES, "physics", f"must be one of {PHYSICS_CHOICES}")
         need(self.precision in PRECISION_CHOICES, "precision", f"must be one of {PRECISION_CHOICES}")

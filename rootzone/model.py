@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from rootzone.config import Config
+from rootzone.physics import equations as eq
 from rootzone.physics.dispatch import resolve, run_physics
 from rootzone.physics.equations import PARAM_NAMES, BucketOutputs, Spinup, spinup
 
@@ -87,6 +88,24 @@ class HybridModel(nn.Module):
         self.register_buffer("param_low", low.float(), persistent=False)
         self.register_buffer("param_span", (high - low).float(), persistent=False)
         self.register_buffer("param_log", log, persistent=False)
+        self.route_head: nn.Linear | None = None
+        if cfg.routing == "gamma":  # two routing parameters per basin from its attributes (constant in time)
+            self.route_head = nn.Linear(n_static, 2)
+            with torch.no_grad():  # start near a short delay: shape ≈ 1.6, scale ≈ 0.5 d
+                self.route_head.weight.mul_(0.1)
+                self.route_head.bias.fill_(-2.0)
+
+    def unit_hydrograph(self, x_static: Tensor) -> Tensor:
+        """Routing weights [B, ROUTING_DAYS] (Σ = 1) of ``cfg.routing = "gamma"`` from the attributes [B, K]."""
+        u = torch.sigmoid(self.route_head(x_static.float()))
+        (a0, a1), (s0, s1) = eq.ROUTING_SHAPE, eq.ROUTING_SCALE
+        return eq.gamma_unit_hydrograph(a0 + (a1 - a0) * u[:, 0], s0 * (s1 / s0) ** u[:, 1])
+
+    def _routed(self, buckets: BucketOutputs, x_static: Tensor) -> BucketOutputs:
+        """The bucket outputs with Q routed (``cfg.routing = "gamma"``), else unchanged."""
+        if self.route_head is None:
+            return buckets
+        return buckets._replace(q=eq.route(buckets.q, self.unit_hydrograph(x_static))[0])
 
     def parameters_from(self, x_dynamic: Tensor, x_static: Tensor) -> Tensor:
         """Bucket parameters [B, L, 8] (physical units, float32)."""
@@ -125,8 +144,8 @@ class HybridModel(nn.Module):
         params = self.parameters_from(x_dynamic, x_static)
         if state0 is not None:
             state0 = state0.to(forcing.device, torch.float32)
-        return ModelOutput(params, run_physics(forcing.float(), params, self.implementation(forcing.device),
-                                               state0))
+        out = run_physics(forcing.float(), params, self.implementation(forcing.device), state0)
+        return ModelOutput(params, self._routed(out, x_static))
 
     @torch.no_grad()
     def run_record(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor, spinup_cycles: int = 10
@@ -142,4 +161,4 @@ class HybridModel(nn.Module):
         days = min(SPINUP_DAYS, forcing.shape[1])
         spun = spinup(forcing[:, :days].contiguous(), params[:, :days].contiguous(), impl, spinup_cycles,
                       SPINUP_TOL_MM)
-        return ModelOutput(params, run_physics(forcing, params, impl, spun.state)), spun
+        return ModelOutput(params, self._routed(run_physics(forcing, params, impl, spun.state), x_static)), spun

@@ -189,6 +189,38 @@ def run_buckets(forcing: Tensor, params: Tensor, state0: Tensor | BucketState | 
     return BucketOutputs(*(torch.stack(series, dim=1) for series in zip(*outs)))
 
 
+# --------------------------------------------------------------------------------------------- routing
+ROUTING_DAYS = 15  # length of the unit hydrograph (days), Config.routing = "gamma"
+ROUTING_SHAPE = (1.0, 6.0)  # range of the gamma shape a (-)
+ROUTING_SCALE = (0.05, 4.0)  # range of the gamma scale θ (d); mean delay a·θ before truncation
+
+
+def gamma_unit_hydrograph(shape: Tensor, scale: Tensor, days: int = ROUTING_DAYS) -> Tensor:
+    """Weights h [B, days] of a gamma unit hydrograph, shape a [B] and scale θ [B] (d): h_j ∝ x^(a-1) e^(-x/θ)
+    at the day midpoints x = j + 1/2, normalised so that Σ_j h_j = 1 exactly (truncated at ``days``, mass
+    conserving). a = 1 with a small θ is close to no routing (h_0 ≈ 1)."""
+    x = torch.arange(days, dtype=shape.dtype, device=shape.device) + 0.5
+    log_h = (shape[:, None] - 1.0) * torch.log(x)[None, :] - x[None, :] / scale[:, None]
+    return torch.softmax(log_h, dim=-1)
+
+
+def route(q: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Route daily flow q [B, T] (mm/d) through unit hydrographs ``weights`` [B, D] (Σ = 1): the causal
+    convolution Q'_t = Σ_j h_j q_(t-j) and the water in the channel at the end of day t,
+    R_t = Σ_j q_(t-j) (1 - Σ_(i<=j) h_i) (mm), so that R_t - R_(t-1) = q_t - Q'_t (the routed water balance
+    P = ET + Q' + ΔW + ΔS + ΔG + ΔR closes). The channel is empty before day 0 (a window's first D - 1 days
+    lack earlier runoff: they lie in the warm-up). Applied after the bucket recursion, it works with every
+    physics path (eager, compiled, fused)."""
+    n_basins, n_days = q.shape
+    d = weights.shape[1]
+    padded = torch.nn.functional.pad(q, (d - 1, 0))[None]  # [1, B, T + D - 1]
+    kernels = torch.stack([weights, (1.0 - torch.cumsum(weights, dim=1)).clamp(min=0.0)], dim=1)  # [B, 2, D]
+    kernels = kernels.flip(-1).reshape(2 * n_basins, 1, d).to(q.dtype)
+    both = torch.nn.functional.conv1d(padded.repeat_interleave(2, dim=1), kernels, groups=2 * n_basins)[0]
+    both = both.reshape(n_basins, 2, n_days)
+    return both[:, 0], both[:, 1]
+
+
 def final_state(out: BucketOutputs) -> Tensor:
     """The storages [3, B] = (W, S, G) (mm) at the end of a run's last day, i.e. the ``state0`` that continues
     it: ``run(f[:, k:], p[:, k:], final_state(run(f[:, :k], p[:, :k])))`` equals days k.. of the whole run."""

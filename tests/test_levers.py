@@ -1,0 +1,81 @@
+"""The hybrid's levers of issue 14, each a Config option: gamma routing of Q, parallel bucket sets
+(components), a second groundwater store, and the data-info flag of basins whose runoff exceeds precipitation.
+The water balance closes to float rounding on every physics path they run on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_physics import balance_residual, random_case, random_state0
+
+from rootzone.config import Config
+from rootzone.model import HybridModel
+from rootzone.physics.dispatch import run_physics
+from rootzone.physics.equations import ROUTING_DAYS, gamma_unit_hydrograph, route
+
+
+def _routing_reference(q, h):
+    """Float64 loops: Q'_t = Σ_j h_j q_(t-j); channel storage R_t = cumulative inflow - cumulative outflow."""
+    b, t = q.shape
+    routed = torch.zeros_like(q)
+    for day in range(t):
+        for j in range(min(day + 1, h.shape[1])):
+            routed[:, day] += h[:, j] * q[:, day - j]
+    return routed, torch.cumsum(q - routed, dim=1)
+
+
+def test_gamma_unit_hydrograph_and_route_against_loops():
+    shape = torch.tensor([1.0, 2.0, 4.5, 6.0], dtype=torch.float64)
+    scale = torch.tensor([0.05, 1.0, 2.0, 4.0], dtype=torch.float64)
+    h = gamma_unit_hydrograph(shape, scale)
+    assert h.shape == (4, ROUTING_DAYS) and (h >= 0).all()
+    torch.testing.assert_close(h.sum(1), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-14)
+    assert h[0, 0] > 0.999  # a = 1, θ = 0.05 d: (almost) no delay
+    x = [j + 0.5 for j in range(ROUTING_DAYS)]  # closed form of the gamma density at the day midpoints
+    pdf = [xi ** 3.5 * math.exp(-xi / 2.0) / (math.gamma(4.5) * 2.0 ** 4.5) for xi in x]
+    torch.testing.assert_close(h[2], torch.tensor(pdf, dtype=torch.float64) / sum(pdf), rtol=1e-12, atol=0)
+    q = torch.rand(4, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 20
+    routed, channel = route(q, h)
+    want, want_channel = _routing_reference(q, h)
+    torch.testing.assert_close(routed, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(channel, want_channel, rtol=1e-12, atol=1e-10)
+    assert (channel >= 0).all()
+
+
+@pytest.mark.parametrize("impl,dtype,tol", [("eager", torch.float64, 1e-12), ("eager", torch.float32, 2e-6),
+                                            ("fused", torch.float32, 2e-6)])
+def test_routed_water_balance_closes_on_every_path(impl, dtype, tol):
+    """P = ET + Q' + ΔW + ΔS + ΔG + ΔR, R the channel storage, from given initial storages (fused = the CPU
+    op of rootzone/physics/fused_cpu.py, the path the Triton kernels are proven equal to)."""
+    forcing, params = random_case(4, b=6, t=200, dtype=dtype)
+    state0 = random_state0(4, params, dtype=dtype)
+    out = run_physics(forcing, params, impl, state0)
+    h = gamma_unit_hydrograph(torch.linspace(1, 6, 6, dtype=dtype), torch.linspace(0.05, 4, 6, dtype=dtype))
+    routed, channel = route(out.q, h)
+    res = balance_residual(forcing.double(), params.double(), out._replace(q=routed).__class__(
+        *(x.double() for x in out._replace(q=routed))), state0.double())
+    res = res - torch.diff(channel.double(), dim=1, prepend=torch.zeros(6, 1, dtype=torch.float64))
+    scale = forcing[..., 0].abs().max() + params[..., 0].max() + state0.abs().max()
+    assert float(res.abs().max()) <= tol * float(scale)
+    assert float((out.q.sum() - routed.sum() - channel[:, -1].sum()).abs()) <= tol * float(scale) * 200
+
+
+def test_hybrid_with_gamma_routing_learns_its_delay_and_keeps_defaults():
+    torch.manual_seed(0)
+    plain = HybridModel(3, 2, Config(hidden_size=6, physics="eager"))
+    assert plain.route_head is None and "route_head.weight" not in plain.state_dict()
+    model = HybridModel(3, 2, Config(hidden_size=6, physics="eager", routing="gamma"))
+    x, s = torch.randn(2, 60, 3), torch.randn(2, 2)
+    forcing = torch.stack([torch.rand(2, 60) * 20, torch.rand(2, 60) * 20, torch.rand(2, 60) * 4,
+                           torch.zeros(2, 60)], dim=-1)
+    out = model(x, s, forcing)
+    raw = run_physics(forcing, out.params, "eager")
+    routed, _ = route(raw.q, model.unit_hydrograph(s))
+    torch.testing.assert_close(out.buckets.q, routed)
+    assert not torch.allclose(out.buckets.q, raw.q)
+    out.buckets.q.sum().backward()
+    assert model.route_head.weight.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="routing"):
+        Config(routing="muskingum")
