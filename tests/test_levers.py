@@ -79,3 +79,35 @@ def test_hybrid_with_gamma_routing_learns_its_delay_and_keeps_defaults():
     assert model.route_head.weight.grad.abs().sum() > 0
     with pytest.raises(Exception, match="routing"):
         Config(routing="muskingum")
+
+
+def test_basins_with_more_runoff_than_precipitation_are_flagged(tmp_path, capsys):
+    """A glacier-fed basin (runoff 1.4 × precipitation, with gaps in Q) is flagged by `data info` and
+    `rootzone.data.balance`, with Q/P over the days both are observed; the other basins are not."""
+    import numpy as np
+    from conftest import run_cli
+
+    from rootzone.data.balance import external_water_basins, runoff_ratios
+    from rootzone.data.demo import build_demo
+    from rootzone.data.schema import open_store, write_store
+
+    ds = build_demo(basins=4, years=3, seed=1)
+    q = ds["q"].values.copy()
+    p = ds["precipitation"].values
+    q[2] = 1.4 * p[2] + 0.1
+    q[2, :100] = np.nan  # gaps: the ratio uses the days both are observed
+    ds["q"] = (ds["q"].dims, q, ds["q"].attrs)
+    store = str(tmp_path / "glacier.zarr")
+    write_store(ds, store)
+    opened = open_store(store)
+    ratios = runoff_ratios(opened)
+    both = np.isfinite(q) & np.isfinite(p)
+    for i, b in enumerate(opened["basin"].values):
+        want = np.where(both[i], q[i], 0).sum() / np.where(both[i], p[i], 0).sum()
+        assert ratios[str(b)] == pytest.approx(want, rel=1e-5)
+    flagged = external_water_basins(opened)
+    assert list(flagged) == [str(opened["basin"].values[2])] and flagged[list(flagged)[0]] > 1.4
+    code, out, _ = run_cli(capsys, "data", "info", store)
+    assert code == 0 and "more runoff than precipitation" in out and list(flagged)[0] in out
+    code, out, _ = run_cli(capsys, "data", "info", str(tmp_path / "glacier.zarr"))
+    assert out.count("flag:") == 1

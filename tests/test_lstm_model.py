@@ -146,10 +146,14 @@ def test_report_and_summary_of_an_experiment_with_both_kinds(lstm_experiment, tm
                            out=str(exp / "trials" / f"fold{fold}_seed0")))
     base = Config(store=store, folds=3)
     (exp / "experiment.json").write_text(json.dumps(experiment_record(base, 3, [0], ["hybrid", "lstm"])))
+    import zarr  # a basin with more runoff than rain (glacier melt): flagged at the top of the report
+    group = zarr.open_group(store, mode="r+")
+    group["q"][4, :] = group["precipitation"][4, :] * 2.0 + 0.5
     out = tmp_path / "report"
     code, _, err = run_cli(capsys, "report", "--experiment", exp, "--out", out)
     assert code == 0, err
-    assert 'src="ablation.png"' in (out / "index.html").read_text()
+    index = (out / "index.html").read_text()
+    assert 'src="ablation.png"' in index and "Flag:" in index and "demo_0004 (Q/P = 2." in index
     table = pd.read_csv(out / "ablation.csv", dtype={"basin": str})
     metrics = {(k, f): json.loads((exp / "trials" / f"fold{f}_seed0{'_lstm' if k == 'lstm' else ''}" /
                                    "metrics.json").read_text()) for k in ("hybrid", "lstm") for f in (0, 1)}

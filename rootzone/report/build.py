@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rootzone.data.balance import describe, external_water_basins
 from rootzone.data.schema import open_store
 from rootzone.errors import RootzoneError
 from rootzone.experiment import ExperimentDir
@@ -35,7 +36,8 @@ from rootzone.safety import atomic_write_text
 
 def make_report(experiment: str, out: str | Path, predictions: str | None = None,
                 basins: list[str] | None = None) -> dict:
-    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...]}.
+    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...],
+    "notes": [...]} (notes: flags shown at the top of index.html, e.g. basins with more runoff than rain).
 
     Every input is read and checked before ``out`` is created, so a refusal writes nothing."""
     out = Path(out)
@@ -109,8 +111,9 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         skipped.append("hydrographs, seasonal cycles, S_max seasonal dynamics: pass --predictions PRED.zarr "
                        "(from `rootzone predict`)")
     tables = ["metrics_members.csv", "metrics_basins.csv", *extra_tables]
-    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped)
-    return {"figures": figures, "tables": tables, "skipped": skipped}
+    notes = [describe(flagged)] if store is not None and (flagged := external_water_basins(store)) else []
+    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped, notes)
+    return {"figures": figures, "tables": tables, "skipped": skipped, "notes": notes}
 
 
 def figure_stem(prefix: str, basin: str, used: set[str]) -> str:
@@ -140,12 +143,13 @@ def _hydrograph(out: Path, pred, store, basin: str, stem: str) -> Path:
 
 def _write_index(out: Path, experiment: str, predictions: str | None, table: pd.DataFrame,
                  per_basin: pd.DataFrame, figures: list[tuple[str, str]], tables: list[str],
-                 skipped: list[str]) -> None:
+                 skipped: list[str], notes: list[str] = ()) -> None:
     test = table[table["split"] == "test"]
     med = test.groupby("target")[list(METRICS)].median()
     parts = [f"<h1>rootzone report</h1><p>experiment <code>{html.escape(experiment)}</code>; "
              f"{test['member'].nunique()} trials, {test['basin'].nunique()} basins; predictions "
              f"<code>{html.escape(predictions or 'none')}</code></p>",
+             *(f"<p><b>Flag:</b> {html.escape(n)}</p>" for n in notes),
              "<h2>Test skill (median over basins and trials)</h2>", med.round(3).to_html()]
     if any(c.startswith("ensemble_") for c in per_basin.columns):
         ens = per_basin.groupby("target")[[f"ensemble_{m}" for m in METRICS]].median()
