@@ -75,6 +75,7 @@ class Config:
     physics: str = "auto"  # auto | fused | compiled | eager
     # hybrid levers (issue 14, docs/model.md and docs/ablation.md); the defaults are the plain bucket model
     routing: str = "none"  # none | gamma: Q through a learned gamma unit hydrograph of 15 days (per basin)
+    components: int = 1  # parallel bucket sets per basin, outputs combined with learned area shares (softmax)
     precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
     epochs: int = 40  # passes over the training basins
@@ -115,6 +116,7 @@ class Config:
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.model in MODEL_CHOICES, "model", f"must be one of {MODEL_CHOICES}")
         need(self.routing in ROUTING_CHOICES, "routing", f"must be one of {ROUTING_CHOICES}")
+        need(1 <= self.components <= 16, "components", "must be in [1, 16]")
         need(self.param_mode in PARAM_MODES, "param_mode", f"must be one of {PARAM_MODES}")
         need(self.physics in PHYSICS_CHOICES, "physics", f"must be one of {PHYSICS_CHOICES}")
         need(self.precision in PRECISION_CHOICES, "precision", f"must be one of {PRECISION_CHOICES}")

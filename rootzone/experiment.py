@@ -91,6 +91,10 @@ class TrialMetrics:
     smax_mean: dict[str, float] = field(default_factory=dict)
     truth_recovery: dict[str, float] | None = None
     model: str = "hybrid"  # Config.model of the trial (metrics.json before issue 14: hybrid)
+    # components > 1: per basin, each bucket set's mean S_max (mm) and area share (smax_mean is their weighted
+    # capacity); empty otherwise
+    smax_components: dict[str, list[float]] = field(default_factory=dict)
+    component_weights: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, split: str, target: str, metric: str) -> float:
         """Median over basins of ``metric`` for ``target`` on ``split`` (NaN when absent)."""
@@ -105,6 +109,9 @@ class TrialMetrics:
                "years": self.years, "splits": self.splits, "smax_mean": self.smax_mean, "model": self.model}
         if self.truth_recovery:
             out["truth_recovery"] = self.truth_recovery
+        if self.smax_components:
+            out["smax_components"] = self.smax_components
+            out["component_weights"] = self.component_weights
         return out
 
     def to_json(self) -> str:
@@ -117,7 +124,8 @@ class TrialMetrics:
                    best_epoch=int(d.get("best_epoch", 0)), epochs_run=int(d.get("epochs_run", 0)),
                    best_validation_loss=math.nan if loss is None else float(loss), years=d.get("years", {}),
                    splits=d.get("splits", {}), smax_mean=d.get("smax_mean", {}),
-                   truth_recovery=d.get("truth_recovery"), model=str(d.get("model", "hybrid")))
+                   truth_recovery=d.get("truth_recovery"), model=str(d.get("model", "hybrid")),
+                   smax_components=d.get("smax_components", {}), component_weights=d.get("component_weights", {}))
 
     @classmethod
     def from_json(cls, text: str) -> TrialMetrics:

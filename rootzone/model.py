@@ -36,8 +36,13 @@ SPINUP_TOL_MM = 1.0  # ... until no storage changes by this much (mm) per cycle
 
 
 class ModelOutput(NamedTuple):
-    params: Tensor | None  # [B, L, 8] physical units, PARAM_NAMES order; None for the plain LSTM
+    params: Tensor | None  # [B, L, 8] physical units, PARAM_NAMES order; None for the plain LSTM. With
+    #                        components > 1: the component parameters weighted by the area shares (S_max: the
+    #                        basin's weighted capacity)
     buckets: BucketOutputs  # each [B, L] (the plain LSTM: rootzone.model_lstm.DirectOutputs)
+    components: Tensor | None = None  # components > 1: parameters of each bucket set [B, L, N, 8]
+    weights: Tensor | None = None  # components > 1: area share of each bucket set [B, N] (softmax, Σ = 1)
+    storages: BucketOutputs | None = None  # components > 1: each set's outputs [B * N, L] (basin-major)
 
 
 MODEL_KINDS = ("hybrid", "lstm")  # Config.model
@@ -80,7 +85,8 @@ class HybridModel(nn.Module):
         else:
             self.mlp = nn.Sequential(nn.Linear(n_static, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(hidden, len(PARAM_NAMES))
+        self.n_components = cfg.components
+        self.head = nn.Linear(hidden, len(PARAM_NAMES) * cfg.components)
         ranges = torch.tensor([cfg.param_ranges[name] for name in PARAM_NAMES], dtype=torch.float64)
         log = torch.tensor([name in cfg.log_params for name in PARAM_NAMES])
         low = torch.where(log, ranges[:, 0].log(), ranges[:, 0])
@@ -88,6 +94,14 @@ class HybridModel(nn.Module):
         self.register_buffer("param_low", low.float(), persistent=False)
         self.register_buffer("param_span", (high - low).float(), persistent=False)
         self.register_buffer("param_log", log, persistent=False)
+        self.mix_head: nn.Linear | None = None
+        if cfg.components > 1:  # area shares of the bucket sets from the attributes; capacities spread at start
+            self.mix_head = nn.Linear(n_static, cfg.components)
+            with torch.no_grad():
+                self.mix_head.weight.mul_(0.1)
+                self.mix_head.bias.zero_()
+                quantiles = (torch.arange(cfg.components) + 0.5) / cfg.components
+                self.head.bias.view(cfg.components, len(PARAM_NAMES))[:, 0] = torch.logit(quantiles) * 2.0
         self.route_head: nn.Linear | None = None
         if cfg.routing == "gamma":  # two routing parameters per basin from its attributes (constant in time)
             self.route_head = nn.Linear(n_static, 2)
@@ -108,7 +122,7 @@ class HybridModel(nn.Module):
         return buckets._replace(q=eq.route(buckets.q, self.unit_hydrograph(x_static))[0])
 
     def parameters_from(self, x_dynamic: Tensor, x_static: Tensor) -> Tensor:
-        """Bucket parameters [B, L, 8] (physical units, float32)."""
+        """Bucket parameters [B, L, 8] (physical units, float32); [B, L, N, 8] with ``cfg.components`` N > 1."""
         use_bf16 = self.cfg.precision == "bf16" and x_dynamic.device.type == "cuda"
         with torch.autocast(x_dynamic.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if self.cfg.param_mode == "dynamic":
@@ -118,7 +132,10 @@ class HybridModel(nn.Module):
             else:  # dropout on [B, H] before the expand: the parameters stay constant over days
                 hidden = self.dropout(self.mlp(x_static))[:, None, :].expand(-1, x_dynamic.shape[1], -1)
             raw = self.head(hidden)
-        squashed = self.param_low + self.param_span * torch.sigmoid(raw.float())
+        raw = raw.float()
+        if self.n_components > 1:
+            raw = raw.unflatten(-1, (self.n_components, len(PARAM_NAMES)))
+        squashed = self.param_low + self.param_span * torch.sigmoid(raw)
         return torch.where(self.param_log, squashed.exp(), squashed)
 
     def _sequence_dropout(self, hidden: Tensor) -> Tensor:
@@ -144,8 +161,29 @@ class HybridModel(nn.Module):
         params = self.parameters_from(x_dynamic, x_static)
         if state0 is not None:
             state0 = state0.to(forcing.device, torch.float32)
-        out = run_physics(forcing.float(), params, self.implementation(forcing.device), state0)
+        impl = self.implementation(forcing.device)
+        if self.n_components > 1:
+            return self._combined(forcing.float(), params, x_static, impl, state0)
+        out = run_physics(forcing.float(), params, impl, state0)
         return ModelOutput(params, self._routed(out, x_static))
+
+    def mixture(self, x_static: Tensor) -> Tensor:
+        """Area shares [B, N] (softmax over the bucket sets) from the attributes [B, K]."""
+        return torch.softmax(self.mix_head(x_static.float()), dim=-1)
+
+    def _combined(self, forcing: Tensor, params: Tensor, x_static: Tensor, impl: str, state0: Tensor | None
+                  ) -> ModelOutput:
+        """``components`` N > 1: the N bucket sets of every basin run as one batch of B·N basins (basin-major,
+        set k of basin b at b·N + k) through any physics path; each output is the area-weighted sum over the
+        sets (fluxes and storages alike, so the basin's water balance closes as each set's does). ``state0``:
+        [3, B·N] or None."""
+        b, n_days, n = params.shape[0], params.shape[1], self.n_components
+        flat = params.permute(0, 2, 1, 3).reshape(b * n, n_days, len(PARAM_NAMES))
+        sets = run_physics(forcing.repeat_interleave(n, dim=0), flat, impl, state0)
+        weights = self.mixture(x_static)
+        combined = BucketOutputs(*((weights[:, :, None] * x.reshape(b, n, n_days)).sum(1) for x in sets))
+        mean = (weights[:, None, :, None] * params).sum(2)
+        return ModelOutput(mean, self._routed(combined, x_static), params, weights, sets)
 
     @torch.no_grad()
     def run_record(self, x_dynamic: Tensor, x_static: Tensor, forcing: Tensor, spinup_cycles: int = 10
@@ -159,6 +197,12 @@ class HybridModel(nn.Module):
         forcing = forcing.float()
         impl = self.implementation(forcing.device)
         days = min(SPINUP_DAYS, forcing.shape[1])
+        if self.n_components > 1:  # spin up each bucket set (B·N basins)
+            n = self.n_components
+            flat = params[:, :days].permute(0, 2, 1, 3).reshape(-1, days, len(PARAM_NAMES))
+            spun = spinup(forcing[:, :days].repeat_interleave(n, dim=0).contiguous(), flat.contiguous(), impl,
+                          spinup_cycles, SPINUP_TOL_MM)
+            return self._combined(forcing, params, x_static, impl, spun.state), spun
         spun = spinup(forcing[:, :days].contiguous(), params[:, :days].contiguous(), impl, spinup_cycles,
                       SPINUP_TOL_MM)
         return ModelOutput(params, self._routed(run_physics(forcing, params, impl, spun.state), x_static)), spun

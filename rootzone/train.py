@@ -346,7 +346,16 @@ class Trial:
                             smax_mean=dict(zip(data.basin_ids.tolist(), record.smax_mean.tolist())) if buckets
                             else {},
                             truth_recovery=(truth_recovery(data.ds, record) or None) if buckets else None,
-                            model=cfg.model)
+                            model=cfg.model, **_component_metrics(data, record))
+
+
+def _component_metrics(data: StoreData, record) -> dict[str, dict[str, list[float]]]:
+    """metrics.json ``smax_components`` and ``component_weights`` per basin (``components`` > 1), else {}."""
+    if record.smax_components is None:
+        return {}
+    ids = data.basin_ids.tolist()
+    return {"smax_components": dict(zip(ids, record.smax_components.tolist())),
+            "component_weights": dict(zip(ids, record.component_weights.tolist()))}
 
 
 def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = None,

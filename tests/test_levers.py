@@ -111,3 +111,47 @@ def test_basins_with_more_runoff_than_precipitation_are_flagged(tmp_path, capsys
     assert code == 0 and "more runoff than precipitation" in out and list(flagged)[0] in out
     code, out, _ = run_cli(capsys, "data", "info", str(tmp_path / "glacier.zarr"))
     assert out.count("flag:") == 1
+
+
+@pytest.mark.parametrize("impl", ["eager", "fused"])
+@torch.no_grad()
+def test_components_close_the_water_balance_and_report_the_weighted_capacity(impl):
+    """N = 3 bucket sets per basin run as one B·N batch (fused: the CPU op); the area-weighted outputs close
+    the basin's water balance from the weighted initial storages, and S_max is the weighted capacity."""
+    torch.manual_seed(1)
+    model = HybridModel(3, 2, Config(hidden_size=6, physics=impl, components=3))
+    b, t, n = 4, 150, 3
+    forcing, _ = random_case(9, b=b, t=t, dtype=torch.float32)
+    x, s = torch.randn(b, t, 3), torch.randn(b, 2)
+    params = model.parameters_from(x, s)
+    assert params.shape == (b, t, n, 8)
+    state0 = random_state0(2, params.permute(0, 2, 1, 3).reshape(b * n, t, 8), dtype=torch.float32)
+    out = model._combined(forcing, params, s, impl, state0)
+    w = model.mixture(s)
+    torch.testing.assert_close(w.sum(1), torch.ones(b))
+    torch.testing.assert_close(out.params[..., 0], (w[:, None, :] * params[..., 0]).sum(-1))
+    assert out.storages.q.shape == (b * n, t)
+    start = (w.double() * state0.double().reshape(3, b, n)).sum(-1)  # [3, B]
+    bk = out.buckets
+    storage = torch.stack([bk.w, bk.s, bk.g]).double()
+    previous = torch.cat([start[..., None], storage[..., :-1]], dim=-1)
+    res = forcing[..., 0].double() - bk.et.double() - bk.q.double() - (storage - previous).sum(0)
+    scale = forcing[..., 0].abs().max() + params[..., 0].max() + state0.abs().max()
+    assert float(res.abs().max()) <= 2e-6 * float(scale)
+    # the components run through the path's own batch: equal to each set run alone
+    one = run_physics(forcing, params[:, :, 1].contiguous(), impl, state0.reshape(3, b, n)[:, :, 1].contiguous())
+    torch.testing.assert_close(out.storages.s.reshape(b, n, t)[:, 1], one.s)
+
+
+def test_train_with_components_and_routing_writes_each_capacity(tiny_store, tmp_path):
+    from rootzone.train import train_trial
+
+    cfg = Config(store=tiny_store, out=str(tmp_path / "run"), folds=3, epochs=1, batches_per_epoch=1, seq_len=300,
+                 warmup_days=60, hidden_size=6, physics="eager", progress=False, threads=1, components=2,
+                 routing="gamma")
+    metrics = train_trial(cfg)
+    basin = next(iter(metrics.smax_mean))
+    sets, shares = metrics.smax_components[basin], metrics.component_weights[basin]
+    assert len(sets) == 2 and sum(shares) == pytest.approx(1.0, rel=1e-5)
+    assert min(sets) <= metrics.smax_mean[basin] <= max(sets)
+    assert all(torch.isfinite(torch.tensor(metrics.median("test", t, "nse"))) for t in ("q", "et", "swe", "twsa"))
