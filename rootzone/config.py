@@ -76,6 +76,7 @@ class Config:
     # hybrid levers (issue 14, docs/model.md and docs/ablation.md); the defaults are the plain bucket model
     routing: str = "none"  # none | gamma: Q through a learned gamma unit hydrograph of 15 days (per basin)
     components: int = 1  # parallel bucket sets per basin, outputs combined with learned area shares (softmax)
+    groundwater_stores: int = 1  # 2: a second, faster groundwater store fed by a learned share of percolation
     precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
     epochs: int = 40  # passes over the training basins
@@ -117,6 +118,7 @@ class Config:
         need(self.model in MODEL_CHOICES, "model", f"must be one of {MODEL_CHOICES}")
         need(self.routing in ROUTING_CHOICES, "routing", f"must be one of {ROUTING_CHOICES}")
         need(1 <= self.components <= 16, "components", "must be in [1, 16]")
+        need(self.groundwater_stores in (1, 2), "groundwater_stores", "must be 1 or 2")
         need(self.param_mode in PARAM_MODES, "param_mode", f"must be one of {PARAM_MODES}")
         need(self.physics in PHYSICS_CHOICES, "physics", f"must be one of {PHYSICS_CHOICES}")
         need(self.precision in PRECISION_CHOICES, "precision", f"must be one of {PRECISION_CHOICES}")
@@ -162,6 +164,8 @@ class Config:
         need(self.param_ranges["lp"][0] > 0, "param_ranges", "lp must stay > 0")
         need(self.param_ranges["fg"][1] <= 1 and self.param_ranges["kg"][1] <= 1, "param_ranges",
              "fg and kg must stay within [0, 1]")
+        need(self.groundwater_stores == 1 or self.param_ranges["kg"][1] < 1, "param_ranges",
+             "kg must stay below 1 with groundwater_stores = 2")
 
     def differences(self, other: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
         """Fields (not in ``ignore``) whose values differ: name -> (this value, the other's value)."""

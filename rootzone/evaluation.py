@@ -204,7 +204,7 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
                 most = max(most, spun.cycles)
                 bk = out.buckets
                 if stateful:
-                    rows, sets = component_rows(basins, n_sets), (bk if n_sets == 1 else out.storages)
+                    rows, sets = component_rows(basins, n_sets), (bk if out.storages is None else out.storages)
                     states[:, rows, 0] = spun.state.float().cpu().numpy()
                     states[:, rows, 1:] = torch.stack([sets.w, sets.s, sets.g]).float().cpu().numpy()
                 tws = loss.monthly_mean(bk.tws.double(), batch.day_month, len(batch.months)).cpu().numpy()

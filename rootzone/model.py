@@ -42,7 +42,9 @@ class ModelOutput(NamedTuple):
     buckets: BucketOutputs  # each [B, L] (the plain LSTM: rootzone.model_lstm.DirectOutputs)
     components: Tensor | None = None  # components > 1: parameters of each bucket set [B, L, N, 8]
     weights: Tensor | None = None  # components > 1: area share of each bucket set [B, N] (softmax, Σ = 1)
-    storages: BucketOutputs | None = None  # components > 1: each set's outputs [B * N, L] (basin-major)
+    storages: BucketOutputs | None = None  # the recursion's own outputs when a lever changed them (what the
+    #                        stored states carry): components > 1: each set's [B·N, L] (basin-major);
+    #                        groundwater_stores = 2: the one-store run [B, L]; None otherwise
 
 
 MODEL_KINDS = ("hybrid", "lstm")  # Config.model
@@ -102,6 +104,12 @@ class HybridModel(nn.Module):
                 self.mix_head.bias.zero_()
                 quantiles = (torch.arange(cfg.components) + 0.5) / cfg.components
                 self.head.bias.view(cfg.components, len(PARAM_NAMES))[:, 0] = torch.logit(quantiles) * 2.0
+        self.gw_head: nn.Linear | None = None
+        if cfg.groundwater_stores == 2:  # share φ and recession k_f of the fast store, per basin
+            self.gw_head = nn.Linear(n_static, 2)
+            with torch.no_grad():
+                self.gw_head.weight.mul_(0.1)
+                self.gw_head.bias.fill_(0.0)
         self.route_head: nn.Linear | None = None
         if cfg.routing == "gamma":  # two routing parameters per basin from its attributes (constant in time)
             self.route_head = nn.Linear(n_static, 2)
@@ -114,6 +122,22 @@ class HybridModel(nn.Module):
         u = torch.sigmoid(self.route_head(x_static.float()))
         (a0, a1), (s0, s1) = eq.ROUTING_SHAPE, eq.ROUTING_SCALE
         return eq.gamma_unit_hydrograph(a0 + (a1 - a0) * u[:, 0], s0 * (s1 / s0) ** u[:, 1])
+
+    def fast_store(self, x_static: Tensor) -> tuple[Tensor, Tensor]:
+        """Share φ [B] of the recharge feeding the fast groundwater store and its recession k_f [B] (d⁻¹)."""
+        u = torch.sigmoid(self.gw_head(x_static.float()))
+        (a0, a1), (k0, k1) = eq.FAST_SHARE, eq.FAST_K
+        return a0 + (a1 - a0) * u[:, 0], k0 * (k1 / k0) ** u[:, 1]
+
+    def _levers(self, raw: BucketOutputs, params: Tensor, x_static: Tensor, state0: Tensor | None,
+                repeat: int = 1) -> BucketOutputs:
+        """The one-store outputs ``raw`` [B·repeat, L] with the second groundwater store when configured
+        (``params`` [B·repeat, L, 8], ``state0`` as given to the physics; ``repeat``: bucket sets per basin)."""
+        if self.gw_head is None:
+            return raw
+        share, k_fast = (x.repeat_interleave(repeat) for x in self.fast_store(x_static))
+        g0 = eq.as_state0(state0, params)[2]
+        return eq.two_groundwater_stores(raw, g0, params[..., 7], share, k_fast)
 
     def _routed(self, buckets: BucketOutputs, x_static: Tensor) -> BucketOutputs:
         """The bucket outputs with Q routed (``cfg.routing = "gamma"``), else unchanged."""
@@ -165,7 +189,13 @@ class HybridModel(nn.Module):
         if self.n_components > 1:
             return self._combined(forcing.float(), params, x_static, impl, state0)
         out = run_physics(forcing.float(), params, impl, state0)
-        return ModelOutput(params, self._routed(out, x_static))
+        return self._single(out, params, x_static, state0)
+
+    def _single(self, raw: BucketOutputs, params: Tensor, x_static: Tensor, state0: Tensor | None) -> ModelOutput:
+        """One bucket set: the levers on the physics' outputs ``raw`` (kept as ``storages`` when they change
+        them: the stored states are the recursion's)."""
+        out = self._levers(raw, params, x_static, state0)
+        return ModelOutput(params, self._routed(out, x_static), storages=None if out is raw else raw)
 
     def mixture(self, x_static: Tensor) -> Tensor:
         """Area shares [B, N] (softmax over the bucket sets) from the attributes [B, K]."""
@@ -181,7 +211,8 @@ class HybridModel(nn.Module):
         flat = params.permute(0, 2, 1, 3).reshape(b * n, n_days, len(PARAM_NAMES))
         sets = run_physics(forcing.repeat_interleave(n, dim=0), flat, impl, state0)
         weights = self.mixture(x_static)
-        combined = BucketOutputs(*((weights[:, :, None] * x.reshape(b, n, n_days)).sum(1) for x in sets))
+        split = self._levers(sets, flat, x_static, state0, n)
+        combined = BucketOutputs(*((weights[:, :, None] * x.reshape(b, n, n_days)).sum(1) for x in split))
         mean = (weights[:, None, :, None] * params).sum(2)
         return ModelOutput(mean, self._routed(combined, x_static), params, weights, sets)
 
@@ -205,4 +236,4 @@ class HybridModel(nn.Module):
             return self._combined(forcing, params, x_static, impl, spun.state), spun
         spun = spinup(forcing[:, :days].contiguous(), params[:, :days].contiguous(), impl, spinup_cycles,
                       SPINUP_TOL_MM)
-        return ModelOutput(params, self._routed(run_physics(forcing, params, impl, spun.state), x_static)), spun
+        return self._single(run_physics(forcing, params, impl, spun.state), params, x_static, spun.state), spun

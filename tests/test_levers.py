@@ -155,3 +155,64 @@ def test_train_with_components_and_routing_writes_each_capacity(tiny_store, tmp_
     assert len(sets) == 2 and sum(shares) == pytest.approx(1.0, rel=1e-5)
     assert min(sets) <= metrics.smax_mean[basin] <= max(sets)
     assert all(torch.isfinite(torch.tensor(metrics.median("test", t, "nse"))) for t in ("q", "et", "swe", "twsa"))
+
+
+def _two_store_reference(forcing, params, g0, share, k_fast):
+    """Float64 two-store recursion from first principles: the surface runoff and recharge of each day come from
+    the buckets with k_g = 0 (the store then only accumulates recharge), and the slow store S (fed by (1 - φ) R,
+    starting at (1 - φ) g0) and the fast store F (fed by φ R, starting empty) are stepped day by day."""
+    no_base = params.clone()
+    no_base[..., 7] = 0.0
+    zero = torch.zeros_like(g0)
+    one = run_physics(forcing, no_base, "eager", torch.stack([zero + STATE_W, zero + STATE_S, zero]))
+    recharge = torch.diff(one.g, dim=1, prepend=zero[:, None])
+    slow, fast = (1 - share) * g0, zero.clone()
+    q, g = [], []
+    for t in range(forcing.shape[1]):
+        slow_in = slow + (1 - share) * recharge[:, t]
+        fast_in = fast + share * recharge[:, t]
+        q_slow, q_fast = params[:, t, 7] * slow_in, k_fast * fast_in
+        slow, fast = slow_in - q_slow, fast_in - q_fast
+        q.append(one.q[:, t] + q_slow + q_fast)
+        g.append(slow + fast)
+    return one, torch.stack(q, 1), torch.stack(g, 1)
+
+
+STATE_W, STATE_S = 30.0, 80.0
+
+
+@pytest.mark.parametrize("impl,dtype,tol", [("eager", torch.float64, 1e-10), ("fused", torch.float32, 2e-6)])
+def test_second_groundwater_store_matches_a_two_store_recursion(impl, dtype, tol):
+    from rootzone.physics.equations import two_groundwater_stores
+
+    forcing, params = random_case(5, b=5, t=120, dtype=dtype)
+    g0 = torch.linspace(0, 800, 5, dtype=dtype)
+    state0 = torch.stack([torch.full_like(g0, STATE_W), torch.full_like(g0, STATE_S), g0])
+    share, k_fast = torch.linspace(0, 1, 5, dtype=dtype), torch.linspace(0.02, 0.9, 5, dtype=dtype)
+    raw = run_physics(forcing, params, impl, state0)
+    out = two_groundwater_stores(raw, g0, params[..., 7], share, k_fast)
+    one, q_ref, g_ref = _two_store_reference(forcing.double(), params.double(), g0.double(), share.double(),
+                                             k_fast.double())
+    scale = float(forcing[..., 0].abs().max() + g0.max())
+    assert float((out.q.double() - q_ref).abs().max()) <= tol * scale
+    assert float((out.g.double() - g_ref).abs().max()) <= tol * scale
+    # the run's initial groundwater: slow store (1 - φ) G0, fast store empty
+    start = torch.stack([state0[0], state0[1], (1 - share) * g0]).double()
+    res = balance_residual(forcing.double(), params.double(), out.__class__(*(x.double() for x in out)), start)
+    assert float(res.abs().max()) <= tol * (scale + float(params[..., 0].max()))
+    with pytest.raises(Exception, match="groundwater_stores"):
+        Config(groundwater_stores=3)
+
+
+def test_hybrid_with_two_groundwater_stores_keeps_the_recursion_states():
+    torch.manual_seed(2)
+    model = HybridModel(3, 2, Config(hidden_size=6, physics="eager", groundwater_stores=2, components=2))
+    x, s = torch.randn(2, 40, 3), torch.randn(2, 2)
+    forcing = torch.stack([torch.rand(2, 40) * 20, torch.rand(2, 40) * 20, torch.rand(2, 40) * 4,
+                           torch.zeros(2, 40)], dim=-1)
+    out, spun = model.run_record(x, s, forcing, 2)
+    assert spun.state.shape == (3, 4) and out.storages.g.shape == (4, 40)
+    assert not torch.allclose(out.buckets.g, (out.weights[:, :, None] * out.storages.g.reshape(2, 2, 40)).sum(1))
+    train_out = model(x, s, forcing, spun.state)
+    train_out.buckets.q.sum().backward()
+    assert model.gw_head.weight.grad.abs().sum() > 0

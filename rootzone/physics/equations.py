@@ -221,6 +221,46 @@ def route(q: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     return both[:, 0], both[:, 1]
 
 
+# --------------------------------------------------------------------------------- fast groundwater store
+FAST_SHARE = (0.0, 1.0)  # range of φ, the share of recharge that feeds the fast store (-)
+FAST_K = (0.02, 0.9)  # range of k_f, the fast store's recession (d⁻¹)
+
+
+def two_groundwater_stores(out: BucketOutputs, g0: Tensor, kg: Tensor, share: Tensor, k_fast: Tensor
+                           ) -> BucketOutputs:
+    """``groundwater_stores = 2``: a second, faster linear store F fed by the share φ of the recharge R_g.
+
+    The slow store then gets (1 - φ) R_g. With φ constant per basin this is exact arithmetic on the outputs of
+    the one-store recursion (which every physics path runs): G does not feed back on W or S, and a linear store
+    fed by (1 - φ) R_g holds (1 - φ) times the store fed by R_g, so the slow store is (1 - φ) G and its
+    outflow (1 - φ) Q_b, where G, Q_b are the one-store run's (its storages stay what the spin-up and the
+    stored states carry). Per day, from the one-store run (k_g < 1):
+    Q_b,t = G_t k_g,t / (1 - k_g,t), R_g,t = G_t / (1 - k_g,t) - G_(t-1), and the fast store
+    Q_f,t = k_f (F_(t-1) + φ R_g,t), F_t = F_(t-1) + φ R_g,t - Q_f,t, F empty at the start of the run (a fast
+    store fills within the warm-up; the run's initial groundwater is then (1 - φ) G_0 + 0, and the balance
+    closes against it). Returns outputs with q = Q - φ Q_b + Q_f and g = (1 - φ) G + F (both
+    groundwater stores), so P = ET + Q + ΔW + ΔS + ΔG closes as before.
+
+    out: one-store outputs [B, T]; g0: G at the start of day 0 [B] (mm); kg: k_g [B, T] (d⁻¹);
+    share φ [B] in [0, 1]; k_fast k_f [B] (d⁻¹) in (0, 1].
+    """
+    g = out.g
+    keep = 1.0 - kg
+    q_base = g * kg / keep
+    previous = torch.cat([g0[:, None].to(g.dtype), g[:, :-1]], dim=1)
+    recharge = share[:, None] * (g / keep - previous)  # φ R_g (>= 0 up to rounding)
+    fast, q_fast, f_series = torch.zeros_like(g0, dtype=g.dtype), [], []
+    for day in range(g.shape[1]):
+        water = fast + recharge[:, day]
+        q_fast.append(k_fast * water)
+        fast = water - q_fast[-1]
+        f_series.append(fast)
+    if not q_fast:
+        return out
+    q_fast_t, f_t = torch.stack(q_fast, dim=1), torch.stack(f_series, dim=1)
+    return out._replace(q=out.q - share[:, None] * q_base + q_fast_t, g=(1.0 - share[:, None]) * g + f_t)
+
+
 def final_state(out: BucketOutputs) -> Tensor:
     """The storages [3, B] = (W, S, G) (mm) at the end of a run's last day, i.e. the ``state0`` that continues
     it: ``run(f[:, k:], p[:, k:], final_state(run(f[:, :k], p[:, :k])))`` equals days k.. of the whole run."""
