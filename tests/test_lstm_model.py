@@ -173,3 +173,15 @@ def test_report_and_summary_of_an_experiment_with_both_kinds(lstm_experiment, tm
     assert json.loads((exp / "summary.json").read_text())["ablation"]["q"]["per_basin"]["demo_0003"]["diff_nse"] \
         == pytest.approx(row["diff_nse"])
     assert "hybrid vs LSTM" in capsys.readouterr().out
+
+
+def test_ensemble_models_option_is_checked_before_ray(tiny_store, tmp_path, capsys):
+    from rootzone.experiment import record_models, trial_name
+
+    assert trial_name(1, 2) == "fold1_seed2" and trial_name(1, 2, "lstm") == "fold1_seed2_lstm"
+    assert record_models({"config": {}}) == ["hybrid"] and record_models({"models": ["hybrid", "lstm"]}) == \
+        ["hybrid", "lstm"]
+    code, _, err = run_cli(capsys, "ensemble", "--store", tiny_store, "--out", tmp_path / "e", "--models",
+                           "hybrid,gru", "--seeds", "1")
+    assert_refused(code, err, "--models", "gru")
+    assert not (tmp_path / "e").exists()
