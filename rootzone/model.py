@@ -113,9 +113,9 @@ class HybridModel(nn.Module):
         self.route_head: nn.Linear | None = None
         if cfg.routing == "gamma":  # two routing parameters per basin from its attributes (constant in time)
             self.route_head = nn.Linear(n_static, 2)
-            with torch.no_grad():  # start near a short delay: shape ≈ 1.6, scale ≈ 0.5 d
-                self.route_head.weight.mul_(0.1)
-                self.route_head.bias.fill_(-2.0)
+            with torch.no_grad():  # start at a short delay that still passes gradient: a ≈ 1.6, θ ≈ 0.7 d
+                self.route_head.weight.mul_(0.1)  # (h ≈ 0.6, 0.28, 0.09, ...); a θ near 0.05 d is h_0 ≈ 1 with
+                self.route_head.bias.copy_(torch.tensor([-2.0, 0.4]))  # no gradient left to leave it
 
     def unit_hydrograph(self, x_static: Tensor) -> Tensor:
         """Routing weights [B, ROUTING_DAYS] (Σ = 1) of ``cfg.routing = "gamma"`` from the attributes [B, K]."""
