@@ -155,6 +155,13 @@ def test_train_with_components_and_routing_writes_each_capacity(tiny_store, tmp_
     assert len(sets) == 2 and sum(shares) == pytest.approx(1.0, rel=1e-5)
     assert min(sets) <= metrics.smax_mean[basin] <= max(sets)
     assert all(torch.isfinite(torch.tensor(metrics.median("test", t, "nse"))) for t in ("q", "et", "swe", "twsa"))
+    from rootzone.experiment import TrialResult
+    from rootzone.report.tables import component_table
+
+    table = component_table([TrialResult("run", 0, 0, metrics)])
+    assert len(table) == 2 * len(metrics.smax_mean)
+    one = table[table["basin"] == basin]
+    assert (one["smax"] * one["weight"]).sum() == pytest.approx(metrics.smax_mean[basin], rel=1e-3)
 
 
 def _two_store_reference(forcing, params, g0, share, k_fast):

@@ -95,6 +95,9 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
     elif store is None:
         skipped.append("S_max vs attributes, map, truth: experiment.json names no store")
     extra_tables = ablation.add_to_report(out, trials, add, skipped)
+    if not (sets := rt.component_table(trials)).empty:  # components > 1: each bucket set's S_max and share
+        atomic_write_text(str(out / "smax_components.csv"), rt.spreadsheet_safe(sets).to_csv(index=False))
+        extra_tables.append("smax_components.csv")
     if summary is not None:
         chosen = basins or rt.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]
         used: set[str] = set()
