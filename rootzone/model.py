@@ -15,6 +15,12 @@ sequence (drawn once per basin, constant over the days of the window), in static
 Initial storages: ``forward(..., state0=...)`` passes the bucket storages [3, B] (W, S, G mm) at the start of
 the window's first day to the physics (no gradient through them). Only the buckets are carried: the LSTM
 always starts from a zero hidden state, which is why windows keep a warm-up.
+Levers (issue 14, docs/model.md; off by default): ``routing="gamma"`` routes Q through a learned gamma unit
+hydrograph, ``components=N`` runs N bucket sets per basin (one B·N batch) combined with learned area shares,
+``groundwater_stores=2`` adds a fast groundwater store; all act on the outputs of the one recursion, so every
+physics path runs them. ``build_model`` makes the hybrid or the plain LSTM (``model="lstm"``,
+:mod:`rootzone.model_lstm`).
+
 With ``precision="bf16"`` the network runs under bf16 autocast on CUDA (on CPU it stays float32: CPU bf16
 LSTM kernels are missing or slow on most CPUs); the physics always runs in float32.
 """
