@@ -173,6 +173,16 @@ def test_report_and_summary_of_an_experiment_with_both_kinds(lstm_experiment, tm
     assert json.loads((exp / "summary.json").read_text())["ablation"]["q"]["per_basin"]["demo_0003"]["diff_nse"] \
         == pytest.approx(row["diff_nse"])
     assert "hybrid vs LSTM" in capsys.readouterr().out
+    # a prediction of both kinds: S_max statistics over the hybrid members only, Q over all four
+    pred = tmp_path / "pred.zarr"
+    code, _, err = run_cli(capsys, "predict", "--experiment", exp, "--out", pred, "--members", "all", "--quiet")
+    assert code == 0, err
+    p = xr.open_zarr(pred).isel(basin=slice(0, 2), time=slice(400, 500)).load()
+    hybrid = [m for m in p["member"].values if not str(m).endswith("_lstm")]
+    assert len(hybrid) == 2 and np.isnan(p["smax"].sel(member="fold0_seed0_lstm")).all()
+    np.testing.assert_allclose(p["smax_mean"], p["smax"].sel(member=hybrid).mean("member"), rtol=1e-5)
+    np.testing.assert_allclose(p["smax_std"], p["smax"].sel(member=hybrid).std("member"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(p["q_mean"], p["q"].mean("member"), rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_models_option_is_checked_before_ray(tiny_store, tmp_path, capsys):
