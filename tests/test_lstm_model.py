@@ -34,6 +34,7 @@ def test_config_model_field_is_validated(capsys, tiny_store, tmp_path):
 
 def test_build_model_and_outputs_are_non_negative_in_store_units():
     cfg = Config(model="lstm", hidden_size=6)
+    torch.manual_seed(0)
     assert isinstance(build_model(Config(hidden_size=6), 3, 2), HybridModel)
     model = build_model(cfg, 3, 2, scales=[2.0, 1.5, 40.0, 30.0])
     assert isinstance(model, LSTMModel) and not model.stateful
@@ -43,7 +44,6 @@ def test_build_model_and_outputs_are_non_negative_in_store_units():
     assert out.params is None
     for name in ("q", "et", "swe"):
         assert (getattr(out.buckets, name) >= 0).all()
-    assert (out.buckets.tws < 0).any()  # a storage of arbitrary level: anomalies only
     # the scales multiply the head: the same weights with scale 1 give outputs smaller by that factor
     plain = build_model(cfg, 3, 2)
     plain.load_state_dict({**model.state_dict(), "output_scale": torch.ones(4)})
@@ -53,6 +53,13 @@ def test_build_model_and_outputs_are_non_negative_in_store_units():
     torch.testing.assert_close(rec.buckets.q, model.eval()(x, s, None).buckets.q)
     scales = output_scales({"q": np.array([4.0, 9.0, np.nan]), "swe": np.zeros(3)})
     assert scales == [pytest.approx(math.sqrt(6.5)), 1.0, 0.1, 1.0]
+    with torch.no_grad():  # storage: linear (any level, anomalies only); the others: softplus, >= 0
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([-5.0, 0.0, 2.0, -5.0]))
+    fixed = model(x, s, None).buckets
+    torch.testing.assert_close(fixed.tws, torch.full((4, 50), -5.0 * 30.0))
+    torch.testing.assert_close(fixed.q, torch.full((4, 50), 2.0 * math.log1p(math.exp(-5.0))))
+    torch.testing.assert_close(fixed.w, torch.full((4, 50), 40.0 * math.log1p(math.exp(2.0))))
 
 
 @pytest.fixture(scope="module")
