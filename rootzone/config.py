@@ -40,6 +40,8 @@ PHYSICS_CHOICES = ("auto", "fused", "compiled", "eager")
 PRECISION_CHOICES = ("fp32", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PARAM_MODES = ("dynamic", "static")
+MODEL_CHOICES = ("hybrid", "lstm")
+ROUTING_CHOICES = ("none", "gamma")
 
 
 @dataclass
@@ -60,6 +62,9 @@ class Config:
     targets: list[str] = field(default_factory=lambda: list(TARGETS))  # missing ones are skipped
     target_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TARGETS})
     # model
+    # hybrid: network + buckets (DESIGN §5); lstm: a plain LSTM predicting the targets directly (the ablation
+    # baseline, rootzone/model_lstm.py: no buckets, so param_mode, param_ranges, physics and spin-up are unused)
+    model: str = "hybrid"
     hidden_size: int = 128
     dropout: float = 0.0  # one mask per sequence; > 0 shifts a window's storage level (see README)
     forget_bias: float = 3.0
@@ -68,6 +73,10 @@ class Config:
     # parameters spanning decades are squashed in log space: low * (high/low) ** sigmoid(x)
     log_params: list[str] = field(default_factory=lambda: ["smax", "kg"])
     physics: str = "auto"  # auto | fused | compiled | eager
+    # hybrid levers (issue 14, docs/model.md and docs/ablation.md); the defaults are the plain bucket model
+    routing: str = "none"  # none | gamma: Q through a learned gamma unit hydrograph of 15 days (per basin)
+    components: int = 1  # parallel bucket sets per basin, outputs combined with learned area shares (softmax)
+    groundwater_stores: int = 1  # 2: a second, faster groundwater store fed by a learned share of percolation
     precision: str = "fp32"  # fp32 | bf16 (network on CUDA only; the physics always runs in fp32)
     # training
     epochs: int = 40  # passes over the training basins
@@ -106,6 +115,10 @@ class Config:
         need(self.validation_years >= 0, "validation_years", "must be >= 0 (0 = 2 when the record allows)")
         need(self.hidden_size >= 1, "hidden_size", "must be >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(self.model in MODEL_CHOICES, "model", f"must be one of {MODEL_CHOICES}")
+        need(self.routing in ROUTING_CHOICES, "routing", f"must be one of {ROUTING_CHOICES}")
+        need(1 <= self.components <= 16, "components", "must be in [1, 16]")
+        need(self.groundwater_stores in (1, 2), "groundwater_stores", "must be 1 or 2")
         need(self.param_mode in PARAM_MODES, "param_mode", f"must be one of {PARAM_MODES}")
         need(self.physics in PHYSICS_CHOICES, "physics", f"must be one of {PHYSICS_CHOICES}")
         need(self.precision in PRECISION_CHOICES, "precision", f"must be one of {PRECISION_CHOICES}")
@@ -151,6 +164,8 @@ class Config:
         need(self.param_ranges["lp"][0] > 0, "param_ranges", "lp must stay > 0")
         need(self.param_ranges["fg"][1] <= 1 and self.param_ranges["kg"][1] <= 1, "param_ranges",
              "fg and kg must stay within [0, 1]")
+        need(self.groundwater_stores == 1 or self.param_ranges["kg"][1] < 1, "param_ranges",
+             "kg must stay below 1 with groundwater_stores = 2")
 
     def differences(self, other: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
         """Fields (not in ``ignore``) whose values differ: name -> (this value, the other's value)."""

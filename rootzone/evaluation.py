@@ -142,6 +142,8 @@ class Record:
     param_mean: np.ndarray  # [n_basins, 8] mean of every learned parameter over the record
     spinup_cycles: int = 0  # most spin-up cycles any chunk needed
     spinup_unconverged: int = 0  # basins in chunks whose spin-up still changed by >= 1 mm after the last cycle
+    smax_components: np.ndarray | None = None  # components > 1: [n_basins, N] mean S_max of each bucket set, mm
+    component_weights: np.ndarray | None = None  # components > 1: [n_basins, N] area share of each set
 
 
 @dataclass
@@ -155,15 +157,24 @@ class RecordPass:
     #     (model level, observed level) [n_basins]: means over the observed training months (NaN: none)
     spinup_cycles: int = 0
     seconds: float = 0.0
+    components: int = 1  # bucket sets per basin (Config.components): states rows are basin·N + set
 
     def state0(self, basins: np.ndarray, start: int) -> torch.Tensor:
-        """Storages [3, B] at the start of day ``start`` of ``basins`` (float32, CPU)."""
-        return torch.from_numpy(np.ascontiguousarray(self.states[:, np.asarray(basins), start]))
+        """Storages [3, B] (with N bucket sets: [3, B·N], basin-major) at the start of day ``start`` of
+        ``basins`` (float32, CPU)."""
+        return torch.from_numpy(np.ascontiguousarray(self.states[:, component_rows(basins, self.components),
+                                                                 start]))
 
     def reference(self, basins: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``twsa_ref`` of ``basins`` as tensors, for :func:`rootzone.loss.hybrid_loss`."""
         idx = np.asarray(basins)
         return {k: (torch.from_numpy(m[idx]), torch.from_numpy(o[idx])) for k, (m, o) in self.twsa_ref.items()}
+
+
+def component_rows(basins: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the N bucket sets of ``basins`` in a basin-major [n_basins·N] layout (``basins`` for N = 1)."""
+    basins = np.asarray(basins)
+    return basins if n == 1 else (basins[:, None] * n + np.arange(n)).ravel()
 
 
 def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) -> RecordPass:
@@ -176,7 +187,9 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
     was_training = model.training
     model.eval()
     cycles = data.cfg.spinup_cycles
-    states = np.zeros((3, data.n_basins, data.n_days + 1), dtype=np.float32)
+    stateful = getattr(model, "stateful", True)  # the plain LSTM keeps no storages: only the TWSA levels
+    n_sets = getattr(model, "n_components", 1)
+    states = np.zeros((3, data.n_basins * n_sets, data.n_days + 1 if stateful else 0), dtype=np.float32)
     monthly = [t for t in data.targets if schema.target(t).monthly]
     tws_monthly = np.full((data.n_basins, len(data.months)), np.nan)
     ref = {t: (np.full(data.n_basins, np.nan), np.full(data.n_basins, np.nan)) for t in monthly}
@@ -190,8 +203,10 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
                 out, spun = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, cycles)
                 most = max(most, spun.cycles)
                 bk = out.buckets
-                states[:, basins, 0] = spun.state.float().cpu().numpy()
-                states[:, basins, 1:] = torch.stack([bk.w, bk.s, bk.g]).float().cpu().numpy()
+                if stateful:
+                    rows, sets = component_rows(basins, n_sets), (bk if out.storages is None else out.storages)
+                    states[:, rows, 0] = spun.state.float().cpu().numpy()
+                    states[:, rows, 1:] = torch.stack([sets.w, sets.s, sets.g]).float().cpu().numpy()
                 tws = loss.monthly_mean(bk.tws.double(), batch.day_month, len(batch.months)).cpu().numpy()
                 tws_monthly[np.ix_(basins, batch.months)] = tws
                 for t in monthly:  # (every monthly target is scored on TWS)
@@ -203,7 +218,7 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
                         ref[t][1][basins] = np.where(n > 0, np.where(used, obs, 0).sum(1) / n, np.nan)
     finally:
         model.train(was_training)
-    return RecordPass(states, tws_monthly, ref, most, time.perf_counter() - t0)
+    return RecordPass(states, tws_monthly, ref, most, time.perf_counter() - t0, n_sets)
 
 
 def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 256) -> Record:
@@ -216,9 +231,10 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
     has_twsa = "twsa" in data.targets
     names = list(data.targets) + (list(TWSA_PARTS) if has_twsa else [])
     per: dict[str, dict[str, dict[str, dict[str, float]]]] = {s: {t: {} for t in names} for s in SPLITS}
-    param_mean = np.zeros((data.n_basins, len(PARAM_NAMES)))
+    param_mean = np.full((data.n_basins, len(PARAM_NAMES)), np.nan)  # stays NaN for the plain LSTM
     targets = [schema.target(t) for t in data.targets]
     most, unconverged = 0, 0
+    smax_sets = shares = None
     with torch.no_grad():
         for lo in range(0, data.n_basins, chunk):
             basins = np.arange(lo, min(lo + chunk, data.n_basins))
@@ -227,7 +243,14 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
             out, spun = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, data.cfg.spinup_cycles)
             most = max(most, spun.cycles)
             unconverged += 0 if spun.converged else len(basins)
-            param_mean[basins] = out.params.mean(dim=1).double().cpu().numpy()
+            if out.params is not None:
+                param_mean[basins] = out.params.mean(dim=1).double().cpu().numpy()
+            if out.components is not None:
+                if smax_sets is None:
+                    smax_sets = np.full((data.n_basins, out.weights.shape[1]), np.nan)
+                    shares = np.full_like(smax_sets, np.nan)
+                smax_sets[basins] = out.components[..., 0].mean(dim=1).double().cpu().numpy()
+                shares[basins] = out.weights.double().cpu().numpy()
             sims = {}
             for t in targets:
                 series = t.model_series(out.buckets).double()
@@ -248,7 +271,7 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
                         per[split][name].update(scores)
     scores = {s: {t: {"median": median_metrics(per[s][t]), "basins": per[s][t]} for t in names} for s in SPLITS}
     return Record(scores=scores, smax_mean=param_mean[:, 0], param_mean=param_mean, spinup_cycles=most,
-                  spinup_unconverged=unconverged)
+                  spinup_unconverged=unconverged, smax_components=smax_sets, component_weights=shares)
 
 
 def truth_recovery(ds: xr.Dataset, record: Record) -> dict[str, float]:

@@ -69,8 +69,10 @@ VOLATILE_FIELDS = ("progress", "out", "fold", "seed")
 CHECKPOINT_KEYS = ("model", "normaliser", "config")
 
 
-def trial_name(fold: int, seed: int) -> str:
-    return f"fold{fold}_seed{seed}"
+def trial_name(fold: int, seed: int, model: str = "hybrid") -> str:
+    """``fold{f}_seed{s}``, with ``_{model}`` appended for a kind other than the hybrid (an experiment may hold
+    both kinds: ``rootzone ensemble --models hybrid,lstm``)."""
+    return f"fold{fold}_seed{seed}" + ("" if model == "hybrid" else f"_{model}")
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -88,6 +90,11 @@ class TrialMetrics:
     splits: dict[str, dict[str, dict]] = field(default_factory=dict)
     smax_mean: dict[str, float] = field(default_factory=dict)
     truth_recovery: dict[str, float] | None = None
+    model: str = "hybrid"  # Config.model of the trial (metrics.json before issue 14: hybrid)
+    # components > 1: per basin, each bucket set's mean S_max (mm) and area share (smax_mean is their weighted
+    # capacity); empty otherwise
+    smax_components: dict[str, list[float]] = field(default_factory=dict)
+    component_weights: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, split: str, target: str, metric: str) -> float:
         """Median over basins of ``metric`` for ``target`` on ``split`` (NaN when absent)."""
@@ -99,9 +106,12 @@ class TrialMetrics:
     def to_dict(self) -> dict[str, Any]:
         out = {"fold": self.fold, "seed": self.seed, "folds": self.folds, "best_epoch": self.best_epoch,
                "epochs_run": self.epochs_run, "best_validation_loss": self.best_validation_loss,
-               "years": self.years, "splits": self.splits, "smax_mean": self.smax_mean}
+               "years": self.years, "splits": self.splits, "smax_mean": self.smax_mean, "model": self.model}
         if self.truth_recovery:
             out["truth_recovery"] = self.truth_recovery
+        if self.smax_components:
+            out["smax_components"] = self.smax_components
+            out["component_weights"] = self.component_weights
         return out
 
     def to_json(self) -> str:
@@ -114,7 +124,8 @@ class TrialMetrics:
                    best_epoch=int(d.get("best_epoch", 0)), epochs_run=int(d.get("epochs_run", 0)),
                    best_validation_loss=math.nan if loss is None else float(loss), years=d.get("years", {}),
                    splits=d.get("splits", {}), smax_mean=d.get("smax_mean", {}),
-                   truth_recovery=d.get("truth_recovery"))
+                   truth_recovery=d.get("truth_recovery"), model=str(d.get("model", "hybrid")),
+                   smax_components=d.get("smax_components", {}), component_weights=d.get("component_weights", {}))
 
     @classmethod
     def from_json(cls, text: str) -> TrialMetrics:
@@ -171,6 +182,7 @@ class Checkpoint:
     epoch: int = 0
     store: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    kind: str = "hybrid"  # the model class (Config.model); files written before issue 14 hold hybrids
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model}
@@ -178,7 +190,14 @@ class Checkpoint:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["epoch"] = self.epoch
+        out["model_kind"] = self.kind
         return {**out, **self.training}
+
+    def check_kind(self, expected: str, where: str) -> None:
+        """RootzoneError when this checkpoint holds another kind of model than ``expected``."""
+        if self.kind != expected:
+            raise RootzoneError(f"checkpoint '{where}' holds a {self.kind!r} model, not a {expected!r} one "
+                                f"(config field 'model'); pass --set model={self.kind} or use another checkpoint")
 
     def save(self, path: str | Path) -> None:
         """Atomic ``torch.save``: a failed write (read-only or full disk, kill) keeps the previous file."""
@@ -210,10 +229,11 @@ class Checkpoint:
         if not isinstance(saved, dict) or not all(k in saved for k in keys):
             raise RootzoneError(f"cannot load checkpoint '{where}': not a rootzone checkpoint "
                                 f"(needs {', '.join(keys)})")
-        own = ("model", "normaliser", "config", "epoch", "store")
+        own = ("model", "normaliser", "config", "epoch", "store", "model_kind")
         return cls(model=saved["model"], normaliser=saved.get("normaliser"), config=saved.get("config"),
                    epoch=int(saved.get("epoch", 0) or 0), store=saved.get("store"),
-                   training={k: v for k, v in saved.items() if k not in own})
+                   training={k: v for k, v in saved.items() if k not in own},
+                   kind=str(saved.get("model_kind", "hybrid")))
 
     @classmethod
     def load(cls, url: str | Path, map_location: Any = "cpu", keys: tuple[str, ...] = CHECKPOINT_KEYS,
@@ -255,7 +275,7 @@ def load_member(member: Member, device: torch.device | str, physics: str | None 
     import torch
 
     from rootzone.data.loader import Normaliser
-    from rootzone.model import HybridModel
+    from rootzone.model import build_model
     from rootzone.physics import dispatch
 
     device = torch.device(device)
@@ -267,11 +287,16 @@ def load_member(member: Member, device: torch.device | str, physics: str | None 
     if store is not None:
         values["store"] = store
     cfg = Config.from_dict(values)
+    ckpt.check_kind(cfg.model, member.checkpoint)
     norm = Normaliser.from_dict(ckpt.normaliser)
     if physics is None:
         physics = "auto" if cfg.physics == "fused" and device.type != "cuda" else cfg.physics
-    model = HybridModel(len(norm.dynamic_names), len(norm.static_names), cfg, dispatch.resolve(physics, device))
-    model.load_state_dict(ckpt.model)
+    model = build_model(cfg, len(norm.dynamic_names), len(norm.static_names), dispatch.resolve(physics, device))
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as exc:
+        raise RootzoneError(f"checkpoint '{member.checkpoint}' does not fit a {cfg.model!r} model "
+                            f"({short(exc)})") from None
     return LoadedMember(member, cfg, norm, model.to(device).eval())
 
 
@@ -316,8 +341,8 @@ class ExperimentDir:
             return self.join(*parts)
         return "/".join([self.uri.rstrip("/"), *parts])
 
-    def trial_dir(self, fold: int, seed: int) -> str:
-        return self.join(TRIALS, trial_name(fold, seed))
+    def trial_dir(self, fold: int, seed: int, model: str = "hybrid") -> str:
+        return self.join(TRIALS, trial_name(fold, seed, model))
 
     # ------------------------------------------------------------------ small file I/O
     def exists(self, *parts: str) -> bool:
@@ -439,16 +464,26 @@ class ExperimentDir:
         return [by_name[n] for n in names]
 
 
-def experiment_record(cfg: Config, folds: int, seeds: list[int]) -> dict[str, Any]:
-    return {"config": cfg.to_dict(), "folds": folds, "seeds": list(seeds), "store": cfg.store,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rootzone_version": rootzone.__version__}
+def experiment_record(cfg: Config, folds: int, seeds: list[int], models: list[str] | None = None) -> dict[str, Any]:
+    """experiment.json: ``models`` are the kinds trained for every (fold, seed) (default: ``cfg.model``)."""
+    return {"config": cfg.to_dict(), "folds": folds, "seeds": list(seeds), "models": list(models or [cfg.model]),
+            "store": cfg.store, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rootzone_version": rootzone.__version__}
+
+
+def record_models(record: dict[str, Any]) -> list[str]:
+    """The kinds of model an experiment.json trains (records before issue 14: the config's model)."""
+    return list(record.get("models") or [record.get("config", {}).get("model", "hybrid")])
 
 
 def check_same_experiment(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
     """RootzoneError naming what differs when ``new`` (this invocation) is not the experiment ``old``."""
     diffs = [k for k in ("folds", "seeds", "store") if old.get(k) != new.get(k)]
+    diffs += ["models"] if record_models(old) != record_models(new) else []
     a, b = old.get("config", {}), new["config"]
-    diffs += [k for k in sorted(set(a) | set(b)) if k not in VOLATILE_FIELDS and a.get(k) != b.get(k)]
+    default = Config().to_dict()  # a field the old record lacks (added since) had its default value
+    diffs += [k for k in sorted(set(a) | set(b))
+              if k not in VOLATILE_FIELDS and a.get(k, default.get(k)) != b.get(k, default.get(k))]
     if diffs:
         raise RootzoneError(
             f"cannot resume: {where} was written by a different config (differs in: {', '.join(diffs)}); "

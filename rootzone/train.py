@@ -55,7 +55,8 @@ from rootzone.experiment import (
     TrialMetrics,
     short,
 )
-from rootzone.model import HybridModel
+from rootzone.model import HybridModel, build_model
+from rootzone.model_lstm import output_scales
 from rootzone.physics import dispatch
 from rootzone.progress import progress_bar
 from rootzone.safety import DirLock, absolute_url, atomic_write_text, clean_stale_temps, fs_and_path
@@ -79,13 +80,14 @@ class EpochReport:
 
 
 def build(cfg: Config, normaliser: Normaliser | None = None) -> tuple[StoreData, HybridModel, torch.device]:
-    """Open the store, split the fold, fit statistics and make the model on its device."""
+    """Open the store, split the fold, fit statistics and make the model (``cfg.model``) on its device."""
     ds = open_store(cfg.store)
     split = temporal_fold(ds.indexes["time"], cfg.folds, cfg.fold, cfg.validation_years)
     data = StoreData(ds, cfg, split, normaliser)
     device = select_device(cfg.device)
     impl = dispatch.resolve(cfg.physics, device)
-    model = HybridModel(len(data.dynamic_names), len(data.normaliser.static_names), cfg, impl).to(device)
+    scales = output_scales(data.scale) if cfg.model == "lstm" else None
+    model = build_model(cfg, len(data.dynamic_names), len(data.normaliser.static_names), impl, scales).to(device)
     return data, model, device
 
 
@@ -117,7 +119,8 @@ def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device, rec
     levels (None: the legacy cold start and per-window re-centring). ``penalty``: add the S_max smoothness
     penalty (training only) when ``cfg.smax_smoothness`` > 0."""
     cfg = data.cfg
-    state0 = None if record is None else record.state0(batch.basins, batch.start).to(device)
+    stateful = getattr(model, "stateful", True)
+    state0 = None if record is None or not stateful else record.state0(batch.basins, batch.start).to(device)
     twsa_ref = None if record is None else record.reference(batch.basins)
     batch = batch.to(device)
     day_mask, month_mask = (m.to(device) for m in data.masks(batch, split, warmup))
@@ -127,7 +130,7 @@ def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device, rec
     total, parts = loss_module.hybrid_loss(out.buckets, batch.obs, day_mask, month_mask, batch.day_month, scale,
                                            cfg.target_weights, twsa_ref)
     smoothness = getattr(loss_module, "smax_smoothness_penalty", None)
-    if penalty and cfg.smax_smoothness > 0 and smoothness is not None:
+    if penalty and cfg.smax_smoothness > 0 and smoothness is not None and out.params is not None:
         pen = smoothness(out.params[..., 0])
         total = total + cfg.smax_smoothness * pen
         parts = {**parts, "smax_smoothness": float(pen.detach())}
@@ -219,8 +222,9 @@ class Trial:
         if force or self.record is None or trained_epochs - self.record_epoch >= self.cfg.spinup_refresh:
             self.record = record_pass(self.model, self.data, self.device)
             self.record_epoch = trained_epochs
-            self.log.info("stored states refreshed after %d epochs: %d spin-up cycles, %.1fs", trained_epochs,
-                          self.record.spinup_cycles, self.record.seconds)
+            if getattr(self.model, "stateful", True):
+                self.log.info("stored states refreshed after %d epochs: %d spin-up cycles, %.1fs", trained_epochs,
+                              self.record.spinup_cycles, self.record.seconds)
         return self.record
 
     def set_up(self, data: StoreData, model: HybridModel, device: torch.device, rng: np.random.Generator) -> None:
@@ -233,6 +237,7 @@ class Trial:
         if not self.last_path.exists():
             return False
         saved = Checkpoint.load(self.last_path, self.device, keys=("model",), hint=_RESTART_HINT)
+        saved.check_kind(self.cfg.model, str(self.last_path))
         recorded = saved.store
         if recorded is not None and recorded != self.fingerprint:
             diffs = [k for k in self.fingerprint
@@ -293,7 +298,7 @@ class Trial:
         if val < s.best:
             s.best, s.best_epoch, s.bad_epochs = val, s.epoch, 0
             Checkpoint(self.model.state_dict(), self.data.normaliser.to_dict(), self.cfg.to_dict(), s.epoch,
-                       self.fingerprint).save(self.best_path)
+                       self.fingerprint, kind=self.cfg.model).save(self.best_path)
         else:
             s.bad_epochs += 1
         training = {"optimizer": self.optimizer.state_dict(), "state": s.to_dict(),
@@ -301,8 +306,8 @@ class Trial:
                     "sampler": self.data.sampler_state()}
         if self.device.type == "cuda":
             training["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        Checkpoint(self.model.state_dict(), epoch=s.epoch, store=self.fingerprint, training=training).save(
-            self.last_path)
+        Checkpoint(self.model.state_dict(), epoch=s.epoch, store=self.fingerprint, training=training,
+                   kind=self.cfg.model).save(self.last_path)
 
     def run_epochs(self, on_epoch: Callable[[EpochReport], None] | None) -> None:
         cfg, s = self.cfg, self.state
@@ -327,6 +332,7 @@ class Trial:
     def evaluate(self) -> TrialMetrics:
         """Reload ``best.pt``, run every basin's whole record and score each split."""
         best = Checkpoint.load(self.best_path, self.device, keys=("model",), hint=_RESTART_HINT)
+        best.check_kind(self.cfg.model, str(self.best_path))
         try:
             self.model.load_state_dict(best.model)
         except RuntimeError as exc:
@@ -335,11 +341,23 @@ class Trial:
         record = evaluate_record(self.model, data, self.device)
         self.log.info("evaluation from spun-up storages: at most %d spin-up cycles, %d basins not converged to "
                       "1 mm", record.spinup_cycles, record.spinup_unconverged)
+        buckets = getattr(self.model, "stateful", True)  # the plain LSTM has no S_max, no parameters
         return TrialMetrics(fold=cfg.fold, seed=cfg.seed, folds=cfg.folds, best_epoch=s.best_epoch,
                             epochs_run=s.epoch, best_validation_loss=s.best, years=data.split.to_dict(),
                             splits=record.scores,
-                            smax_mean=dict(zip(data.basin_ids.tolist(), record.smax_mean.tolist())),
-                            truth_recovery=truth_recovery(data.ds, record) or None)
+                            smax_mean=dict(zip(data.basin_ids.tolist(), record.smax_mean.tolist())) if buckets
+                            else {},
+                            truth_recovery=(truth_recovery(data.ds, record) or None) if buckets else None,
+                            model=cfg.model, **_component_metrics(data, record))
+
+
+def _component_metrics(data: StoreData, record) -> dict[str, dict[str, list[float]]]:
+    """metrics.json ``smax_components`` and ``component_weights`` per basin (``components`` > 1), else {}."""
+    if record.smax_components is None:
+        return {}
+    ids = data.basin_ids.tolist()
+    return {"smax_components": dict(zip(ids, record.smax_components.tolist())),
+            "component_weights": dict(zip(ids, record.component_weights.tolist()))}
 
 
 def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = None,

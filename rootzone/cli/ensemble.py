@@ -13,6 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, help="temporal folds k (default: config value, 5)")
     p.add_argument("--seeds", type=int, default=10, help="seeds per fold: 0..N-1 (default 10)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment in EXP")
+    p.add_argument("--models", default=None,
+                   help="kinds of model to train for every fold and seed, comma-separated, e.g. hybrid,lstm for "
+                        "the hybrid-vs-LSTM ablation (default: the config's model); LSTM trials are "
+                        "EXP/trials/fold{f}_seed{s}_lstm")
     p.add_argument("--no-ensemble-mean", action="store_true",
                    help="skip scoring the ensemble mean prediction (members' metrics only)")
     add_config_options(p)
@@ -44,7 +48,8 @@ def run_ensemble_command(args: argparse.Namespace) -> None:
 
     cfg = ray_config(args)
     run_ensemble(cfg, args.out, folds=args.folds or cfg.folds, seeds=args.seeds, ray=ray_settings(args),
-                 resume=args.resume, ensemble_mean=not args.no_ensemble_mean)
+                 resume=args.resume, ensemble_mean=not args.no_ensemble_mean,
+                 models=[m.strip() for m in args.models.split(",")] if args.models else None)
 
 
 def run_tune_command(args: argparse.Namespace) -> None:

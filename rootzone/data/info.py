@@ -130,4 +130,15 @@ def show_info(url: str, console: Console | None = None) -> dict:
         if n:
             console.print(f"[yellow]warning:[/yellow] '{e(name)}' holds {n} negative values; "
                           "train refuses this store")
+    show_external_water(url, console)
     return info
+
+
+def show_external_water(url: str, console: Console) -> dict[str, float]:
+    """Flag basins whose runoff exceeds precipitation over the record (:mod:`rootzone.data.balance`)."""
+    from rootzone.data.balance import describe, external_water_basins
+
+    flagged = external_water_basins(open_store(url))
+    if flagged:
+        console.print(f"[yellow]flag:[/yellow] {escape(describe(flagged))}")
+    return flagged

@@ -106,6 +106,8 @@ def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
 def summarise(members: list[TrialResult], mean_scores: dict | None, missing: list[str]) -> dict[str, Any]:
     """Median test NSE/KGE per target across members (and across folds for the ensemble mean)."""
     targets = sorted({t for m in members for t in m.metrics.targets("test")})
+    from rootzone.report.ablation import ablation_summary
+
     summary: dict[str, Any] = {"members": {}, "ensemble_mean": {}, "n_members": len(members),
                                "trials": [m.name for m in sorted(members, key=lambda m: (m.fold, m.seed))],
                                "missing": missing}
@@ -115,6 +117,9 @@ def summarise(members: list[TrialResult], mean_scores: dict | None, missing: lis
         if mean_scores:
             per_fold = [median_metrics(scores[t]) for scores in mean_scores.values() if t in scores]
             summary["ensemble_mean"][t] = {k: _nanmedian([p[k] for p in per_fold]) for k in ("nse", "kge")}
+    ablation = ablation_summary(members)  # hybrid vs LSTM: only when the members hold both kinds
+    if ablation:
+        summary["ablation"] = ablation
     return summary
 
 
@@ -136,6 +141,14 @@ def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console
         e = summary["ensemble_mean"].get(t, {})
         table.add_row(t, *(f"{v:.3f}" for v in (m["nse"], m["kge"], e.get("nse", np.nan), e.get("kge", np.nan))))
     console.print(table)
+    if summary.get("ablation"):
+        abl = Table(title="hybrid vs LSTM: median over basins of test NSE (per basin: median over members)")
+        for col in ("target", "hybrid", "LSTM", "hybrid - LSTM", "hybrid better"):
+            abl.add_column(col, justify="right")
+        for t, a in summary["ablation"].items():
+            abl.add_row(t, f"{a['nse_hybrid']:.3f}", f"{a['nse_lstm']:.3f}", f"{a['diff_nse']:+.3f}",
+                        f"{a['hybrid_better_nse']}/{a['basins']}")
+        console.print(abl)
     if summary["missing"]:
         console.print(f"[yellow]missing trials ({len(summary['missing'])}): {', '.join(summary['missing'])}")
 

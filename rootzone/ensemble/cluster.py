@@ -174,7 +174,8 @@ def make_trainable(base: dict[str, Any], exp: ExperimentDir, gpus: float, cpus: 
 def trial_dirname(trial) -> str:
     """Readable folders under EXP/ray/NAME/."""
     c = trial.config
-    return f"fold{c.get('fold')}_seed{c.get('seed')}_{trial.trial_id}"
+    kind = f"_{c['model']}" if c.get("model", "hybrid") != "hybrid" else ""
+    return f"fold{c.get('fold')}_seed{c.get('seed')}{kind}_{trial.trial_id}"
 
 
 def run_config(exp: ExperimentDir, name: str, max_failures: int, verbose: int = 1) -> tune.RunConfig:

@@ -36,6 +36,7 @@ from rootzone.experiment import (
     ExperimentDir,
     check_same_experiment,
     experiment_record,
+    record_models,
     trial_name,
 )
 
@@ -44,9 +45,11 @@ TUNE_NAME = "ensemble"  # EXP/ray/ensemble = Tune's experiment folder
 
 def run_ensemble(cfg: Config, out: str, folds: int, seeds: int, ray: RaySettings | None = None,
                  resume: bool = False, ensemble_mean: bool = True, console: Console | None = None,
-                 wrap_trainable: Callable | None = None) -> dict[str, Any]:
+                 wrap_trainable: Callable | None = None, models: list[str] | None = None) -> dict[str, Any]:
     """Train every (fold, seed) of the experiment in ``out`` on Ray, aggregate, and return the summary.
-    ``wrap_trainable`` (tests: fault injection) wraps the Tune function trainable before it is registered."""
+    ``models``: the kinds (Config.model) to train for every (fold, seed), e.g. ["hybrid", "lstm"] for the
+    ablation (default: the config's). ``wrap_trainable`` (tests: fault injection) wraps the Tune function
+    trainable before it is registered."""
     from ray import tune
 
     from rootzone.ensemble import cluster
@@ -55,9 +58,10 @@ def run_ensemble(cfg: Config, out: str, folds: int, seeds: int, ray: RaySettings
     if seeds < 1:
         raise RootzoneError("--seeds must be >= 1")
     base = prepare_base(cfg, folds)
+    models = check_models(models or [base.model])
     exp = ExperimentDir.open(out)
     seed_list = list(range(seeds))
-    record = experiment_record(base, folds, seed_list)
+    record = experiment_record(base, folds, seed_list, models)
     if exp.exists(EXPERIMENT_JSON):
         if not resume:
             raise RootzoneError(f"{exp.url()} already holds an experiment; pass --resume to continue it, "
@@ -78,7 +82,8 @@ def run_ensemble(cfg: Config, out: str, folds: int, seeds: int, ray: RaySettings
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"fold": tune.grid_search(list(range(folds))), "seed": tune.grid_search(seed_list)},
+            param_space={"fold": tune.grid_search(list(range(folds))), "seed": tune.grid_search(seed_list),
+                         **({"model": tune.grid_search(models)} if models != [base.model] else {})},
             tune_config=tune.TuneConfig(trial_dirname_creator=cluster.trial_dirname),
             run_config=cluster.run_config(exp, TUNE_NAME, ray.max_failures),
         )
@@ -90,10 +95,20 @@ def run_ensemble(cfg: Config, out: str, folds: int, seeds: int, ray: RaySettings
     if not summary["missing"]:
         cluster.prune_checkpoints(exp, TUNE_NAME)
     else:
-        raise RootzoneError(f"{len(summary['missing'])} of {folds * seeds} trials did not finish "
+        raise RootzoneError(f"{len(summary['missing'])} of {folds * seeds * len(models)} trials did not finish "
                             f"({', '.join(summary['missing'])}); see {exp.url(RAY, TUNE_NAME)}, "
                             "then rerun with --resume")
     return summary
+
+
+def check_models(models: list[str]) -> list[str]:
+    """``--models``: known kinds (Config.model), each once."""
+    from rootzone.config import MODEL_CHOICES
+
+    bad = [m for m in models if m not in MODEL_CHOICES]
+    if bad or not models or len(set(models)) != len(models):
+        raise RootzoneError(f"--models: give distinct kinds among {', '.join(MODEL_CHOICES)}, got {','.join(models)}")
+    return list(models)
 
 
 def prepare_base(cfg: Config, folds: int) -> Config:
@@ -121,7 +136,8 @@ def aggregate(exp: ExperimentDir | str, ensemble_mean: bool = True, device: str 
     write EXP/summary.json and print the summary table."""
     exp = ExperimentDir.open(exp) if isinstance(exp, str) else exp
     record = exp.record()
-    expected = [trial_name(f, s) for f in range(record["folds"]) for s in record["seeds"]]
+    expected = [trial_name(f, s, m) for m in record_models(record) for f in range(record["folds"])
+                for s in record["seeds"]]
     members = [t for t in exp.trials() if t.name in expected]
     missing = [n for n in expected if n not in {t.name for t in members}]
     if not members:

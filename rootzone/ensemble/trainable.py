@@ -34,7 +34,8 @@ def trainable(config: dict[str, Any], base: dict[str, Any], exp_uri: str, tag: s
     """Tune function trainable. ``config`` holds ``fold``, ``seed`` and any searched Config fields;
     ``base`` is the experiment's base config dict; ``tag`` (tuning) makes run directories unique per trial."""
     fold, seed = int(config["fold"]), int(config["seed"])
-    name = trial_name(fold, seed) + (f"_{tune.get_context().get_trial_id()}" if tag else "")
+    model = str(config.get("model", base.get("model", "hybrid")))
+    name = trial_name(fold, seed, model) + (f"_{tune.get_context().get_trial_id()}" if tag else "")
     exp = ExperimentDir.open(exp_uri)
     if exp.local:
         out = Path(exp.trial_dir(fold, seed)).parent / name

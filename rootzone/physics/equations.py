@@ -189,6 +189,78 @@ def run_buckets(forcing: Tensor, params: Tensor, state0: Tensor | BucketState | 
     return BucketOutputs(*(torch.stack(series, dim=1) for series in zip(*outs)))
 
 
+# --------------------------------------------------------------------------------------------- routing
+ROUTING_DAYS = 15  # length of the unit hydrograph (days), Config.routing = "gamma"
+ROUTING_SHAPE = (1.0, 6.0)  # range of the gamma shape a (-)
+ROUTING_SCALE = (0.05, 4.0)  # range of the gamma scale θ (d); mean delay a·θ before truncation
+
+
+def gamma_unit_hydrograph(shape: Tensor, scale: Tensor, days: int = ROUTING_DAYS) -> Tensor:
+    """Weights h [B, days] of a gamma unit hydrograph, shape a [B] and scale θ [B] (d): h_j ∝ x^(a-1) e^(-x/θ)
+    at the day midpoints x = j + 1/2, normalised so that Σ_j h_j = 1 exactly (truncated at ``days``, mass
+    conserving). a = 1 with a small θ is close to no routing (h_0 ≈ 1)."""
+    x = torch.arange(days, dtype=shape.dtype, device=shape.device) + 0.5
+    log_h = (shape[:, None] - 1.0) * torch.log(x)[None, :] - x[None, :] / scale[:, None]
+    return torch.softmax(log_h, dim=-1)
+
+
+def route(q: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Route daily flow q [B, T] (mm/d) through unit hydrographs ``weights`` [B, D] (Σ = 1): the causal
+    convolution Q'_t = Σ_j h_j q_(t-j) and the water in the channel at the end of day t,
+    R_t = Σ_j q_(t-j) (1 - Σ_(i<=j) h_i) (mm), so that R_t - R_(t-1) = q_t - Q'_t (the routed water balance
+    P = ET + Q' + ΔW + ΔS + ΔG + ΔR closes). The channel is empty before day 0 (a window's first D - 1 days
+    lack earlier runoff: they lie in the warm-up). Applied after the bucket recursion, it works with every
+    physics path (eager, compiled, fused)."""
+    n_basins, n_days = q.shape
+    d = weights.shape[1]
+    padded = torch.nn.functional.pad(q, (d - 1, 0))[None]  # [1, B, T + D - 1]
+    kernels = torch.stack([weights, (1.0 - torch.cumsum(weights, dim=1)).clamp(min=0.0)], dim=1)  # [B, 2, D]
+    kernels = kernels.flip(-1).reshape(2 * n_basins, 1, d).to(q.dtype)
+    both = torch.nn.functional.conv1d(padded.repeat_interleave(2, dim=1), kernels, groups=2 * n_basins)[0]
+    both = both.reshape(n_basins, 2, n_days)
+    return both[:, 0], both[:, 1]
+
+
+# --------------------------------------------------------------------------------- fast groundwater store
+FAST_SHARE = (0.0, 1.0)  # range of φ, the share of recharge that feeds the fast store (-)
+FAST_K = (0.02, 0.9)  # range of k_f, the fast store's recession (d⁻¹)
+
+
+def two_groundwater_stores(out: BucketOutputs, g0: Tensor, kg: Tensor, share: Tensor, k_fast: Tensor
+                           ) -> BucketOutputs:
+    """``groundwater_stores = 2``: a second, faster linear store F fed by the share φ of the recharge R_g.
+
+    The slow store then gets (1 - φ) R_g. With φ constant per basin this is exact arithmetic on the outputs of
+    the one-store recursion (which every physics path runs): G does not feed back on W or S, and a linear store
+    fed by (1 - φ) R_g holds (1 - φ) times the store fed by R_g, so the slow store is (1 - φ) G and its
+    outflow (1 - φ) Q_b, where G, Q_b are the one-store run's (its storages stay what the spin-up and the
+    stored states carry). Per day, from the one-store run (k_g < 1):
+    Q_b,t = G_t k_g,t / (1 - k_g,t), R_g,t = G_t / (1 - k_g,t) - G_(t-1), and the fast store
+    Q_f,t = k_f (F_(t-1) + φ R_g,t), F_t = F_(t-1) + φ R_g,t - Q_f,t, F empty at the start of the run (a fast
+    store fills within the warm-up; the run's initial groundwater is then (1 - φ) G_0 + 0, and the balance
+    closes against it). Returns outputs with q = Q - φ Q_b + Q_f and g = (1 - φ) G + F (both
+    groundwater stores), so P = ET + Q + ΔW + ΔS + ΔG closes as before.
+
+    out: one-store outputs [B, T]; g0: G at the start of day 0 [B] (mm); kg: k_g [B, T] (d⁻¹);
+    share φ [B] in [0, 1]; k_fast k_f [B] (d⁻¹) in (0, 1].
+    """
+    g = out.g
+    keep = 1.0 - kg
+    q_base = g * kg / keep
+    previous = torch.cat([g0[:, None].to(g.dtype), g[:, :-1]], dim=1)
+    recharge = share[:, None] * (g / keep - previous)  # φ R_g (>= 0 up to rounding)
+    fast, q_fast, f_series = torch.zeros_like(g0, dtype=g.dtype), [], []
+    for day in range(g.shape[1]):
+        water = fast + recharge[:, day]
+        q_fast.append(k_fast * water)
+        fast = water - q_fast[-1]
+        f_series.append(fast)
+    if not q_fast:
+        return out
+    q_fast_t, f_t = torch.stack(q_fast, dim=1), torch.stack(f_series, dim=1)
+    return out._replace(q=out.q - share[:, None] * q_base + q_fast_t, g=(1.0 - share[:, None]) * g + f_t)
+
+
 def final_state(out: BucketOutputs) -> Tensor:
     """The storages [3, B] = (W, S, G) (mm) at the end of a run's last day, i.e. the ``state0`` that continues
     it: ``run(f[:, k:], p[:, k:], final_state(run(f[:, :k], p[:, :k])))`` equals days k.. of the whole run."""

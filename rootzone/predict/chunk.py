@@ -65,7 +65,8 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
     group = zarr.open_group(job.out, mode="r+", use_consolidated=False)
     mean = {v: np.zeros((b, t)) for v in job.variables}
     m2 = {v: np.zeros((b, t)) for v in job.variables}
-    for k, lm in enumerate(loaded):
+    seen = dict.fromkeys(job.variables, 0)  # members that produce each variable (the LSTM has no smax, s, g)
+    for lm in loaded:
         series = _run_member(lm, arr, att, job.attributes, forcing, device)
         member = job.members.index(lm.member)
         for v in job.variables:
@@ -73,12 +74,16 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
             x[invalid] = np.nan
             x[~inside] = np.nan
             group[v][member, lo:hi, :] = x.astype(np.float32)
-            delta = x - mean[v]  # Welford's update over members, float64
-            mean[v] += delta / (k + 1)
+            if v not in st.MODEL_VARIABLES[lm.cfg.model]:
+                continue
+            seen[v] += 1
+            delta = x - mean[v]  # Welford's update over the members that produce v, float64
+            mean[v] += delta / seen[v]
             m2[v] += delta * (x - mean[v])
     for v in job.variables:
-        group[f"{v}_mean"][lo:hi, :] = mean[v].astype(np.float32)
-        group[f"{v}_std"][lo:hi, :] = np.sqrt(m2[v] / len(loaded)).astype(np.float32)
+        n = max(seen[v], 1)
+        group[f"{v}_mean"][lo:hi, :] = np.where(seen[v] > 0, mean[v], np.nan).astype(np.float32)
+        group[f"{v}_std"][lo:hi, :] = np.where(seen[v] > 0, np.sqrt(m2[v] / n), np.nan).astype(np.float32)
     group["invalid_values"][lo:hi, :] = counts
     group["invalid_inputs"][lo:hi] = invalid
     group["attribute_outside_range"][lo:hi, :] = outside
@@ -96,9 +101,12 @@ def _run_member(lm: LoadedMember, arr: dict[str, np.ndarray], att: np.ndarray, a
         out, _ = lm.model.run_record(torch.from_numpy(x_dyn).to(device), torch.from_numpy(x_stat).to(device),
                                      forcing.to(device), lm.cfg.spinup_cycles)
         bk = out.buckets
-        series = {"smax": out.params[..., 0], "s": bk.s, "w": bk.w, "g": bk.g, "q": bk.q, "et": bk.et,
-                  "swe": bk.swe, "tws": bk.tws}
-        return {k: v.double().cpu().numpy() for k, v in series.items()}
+        series = {"w": bk.w, "q": bk.q, "et": bk.et, "swe": bk.swe, "tws": bk.tws}
+        if out.params is not None:  # the hybrid; the plain LSTM has no S_max and no separate storages
+            series.update(smax=out.params[..., 0], s=bk.s, g=bk.g)
+        result = {k: v.double().cpu().numpy() for k, v in series.items()}
+        nan = np.full(next(iter(result.values())).shape, np.nan)
+        return {v: result.get(v, nan) for v in st.VARIABLES}
 
 
 def report_invalid(result: ChunkResult) -> None:

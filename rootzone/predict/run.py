@@ -7,7 +7,8 @@ Every member runs each basin's whole record in one pass (states spun up from day
 ``warmup_days`` of its config are spin-up), with its own *saved* input normaliser. Output store::
 
     <var>            (member, basin, time) float32   smax, s, w, g, q, et, swe, tws (see VARIABLES)
-    <var>_mean/_std  (basin, time)         float32   ensemble mean and spread (population std, ddof=0)
+    <var>_mean/_std  (basin, time)         float32   ensemble mean and spread (population std, ddof=0) over
+                                                     the members that produce <var> (LSTM: no smax, s, g)
     outside_training_range   (basin,)      bool      any attribute outside a member's training min..max
     attribute_outside_range  (basin, attribute) bool which ones
     invalid_values   (basin, input)        int32     NaN/inf count per input (forcing variables, attributes)
@@ -83,8 +84,8 @@ def _plan(experiment: str, store: str, out: str, members: str = "best", chunk_ba
     """Every check of :func:`prepare` (reads only: a refusal writes nothing)."""
     if chunk_basins < 1:
         raise RootzoneError(f"--chunk-basins must be >= 1, got {chunk_basins}")
-    variables = list(variables or VARIABLES)
-    unknown = [v for v in variables if v not in VARIABLES]
+    asked = list(variables or [])
+    unknown = [v for v in asked if v not in VARIABLES]
     if unknown:
         raise RootzoneError(f"--variables: unknown {unknown} (known: {', '.join(VARIABLES)})")
     check_options(device, physics, 0, device_here)
@@ -94,8 +95,12 @@ def _plan(experiment: str, store: str, out: str, members: str = "best", chunk_ba
     ds = open_store(store)
     have_forcing, have_att = forcing_names(ds), [str(a) for a in ds["attribute"].values]
     inputs, attributes, warmup = list(REQUIRED_FORCING) + (["lai"] if "lai" in have_forcing else []), [], 0
+    produced: set[str] = set()
+    kinds: set[str] = set()
     for i, m in enumerate(chosen):
         norm, cfg, digest = read_member(m)
+        produced |= set(st.MODEL_VARIABLES[cfg.model])
+        kinds.add(cfg.model)
         chosen[i] = dataclasses.replace(m, sha256=digest)
         missing = [v for v in norm.dynamic_names if v not in have_forcing]
         missing += [a for a in norm.static_names if a not in have_att]
@@ -104,6 +109,12 @@ def _plan(experiment: str, store: str, out: str, members: str = "best", chunk_ba
         inputs += [v for v in norm.dynamic_names if v not in inputs]
         attributes += [a for a in norm.static_names if a not in attributes]
         warmup = max(warmup, cfg.warmup_days)
+    # default: every variable some member produces (the plain LSTM has no S_max, S or G)
+    variables = asked or [v for v in VARIABLES if v in produced]
+    absent = [v for v in variables if v not in produced]
+    if absent:
+        raise RootzoneError(f"--variables: no member produces {absent} (the members are {'/'.join(sorted(kinds))} "
+                            f"models, which give {', '.join(v for v in VARIABLES if v in produced)})")
     job = PredictionJob(experiment, store, out, chosen, variables, int(chunk_basins), ds.sizes["basin"],
                         device, physics, inputs, attributes)
     fingerprint = st.fingerprint(job, ds)

@@ -39,6 +39,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "swe": ("mm", "snow water equivalent"),
     "tws": ("mm", "total water storage W + S + G"),
 }
+# what each kind of model (Config.model) produces; a member of another kind writes NaN into the rest
+MODEL_VARIABLES: dict[str, tuple[str, ...]] = {"hybrid": tuple(VARIABLES), "lstm": ("q", "et", "swe", "w", "tws")}
 COMPLETE_KEY = "prediction_complete"
 DONE_KEY = "chunks_done"
 JOB_KEY = PREDICTION_STORE_KEY  # "prediction_job": the attribute that marks a store as rootzone's prediction

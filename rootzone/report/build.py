@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rootzone.data.balance import describe, external_water_basins
 from rootzone.data.schema import open_store
 from rootzone.errors import RootzoneError
 from rootzone.experiment import ExperimentDir
 from rootzone.metrics import METRICS
+from rootzone.report import ablation
 from rootzone.report import figures as rf
 from rootzone.report import predictions as rp
 from rootzone.report import tables as rt
@@ -34,7 +36,8 @@ from rootzone.safety import atomic_write_text
 
 def make_report(experiment: str, out: str | Path, predictions: str | None = None,
                 basins: list[str] | None = None) -> dict:
-    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...]}.
+    """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...],
+    "notes": [...]} (notes: flags shown at the top of index.html, e.g. basins with more runoff than rain).
 
     Every input is read and checked before ``out`` is created, so a refusal writes nothing."""
     out = Path(out)
@@ -70,8 +73,12 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         ids = sorted({b for t in trials for b in t.metrics.smax_mean})
         smax = np.array([np.nanmean([t.metrics.smax_mean.get(b, np.nan) for t in trials]) for b in ids])
         spread, source = None, "mean over trials of each trial's whole-record mean S_max (metrics.json)"
-    add(rf.smax_distribution(out / "smax_distribution.png", smax, spread), f"S_max across basins ({source}).")
-    if store is not None:
+    has_smax = bool(np.isfinite(np.asarray(smax, dtype=np.float64)).any())
+    if has_smax:
+        add(rf.smax_distribution(out / "smax_distribution.png", smax, spread), f"S_max across basins ({source}).")
+    else:
+        skipped.append("S_max figures: no member has buckets (plain LSTM members only)")
+    if store is not None and has_smax:
         att = pd.DataFrame(store["attributes"].sel(basin=ids).values, index=ids,
                            columns=[str(a) for a in store["attribute"].values])
         add(rf.smax_vs_attributes(out / "smax_vs_attributes.png", smax, att),
@@ -85,8 +92,12 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
             spin = int(pred.attrs.get("warmup_days", 0)) if pred is not None else 0
             truth = store["true_smax"].sel(basin=ids).isel(time=slice(spin, None)).mean("time").values
             add(rf.smax_truth(out / "smax_truth.png", truth, smax), "Twin experiment: learned vs true S_max.")
-    else:
+    elif store is None:
         skipped.append("S_max vs attributes, map, truth: experiment.json names no store")
+    extra_tables = ablation.add_to_report(out, trials, add, skipped)
+    if not (sets := rt.component_table(trials)).empty:  # components > 1: each bucket set's S_max and share
+        atomic_write_text(str(out / "smax_components.csv"), rt.spreadsheet_safe(sets).to_csv(index=False))
+        extra_tables.append("smax_components.csv")
     if summary is not None:
         chosen = basins or rt.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]
         used: set[str] = set()
@@ -96,14 +107,16 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         add(rf.seasonal_cycle(out / "seasonal_cycle.png", summary.seasonal),
             "Mean seasonal cycle over basins (median, 25-75 %): observed vs cross-validated ensemble "
             "(each day from the members that did not train on it); TWSA as anomalies.")
-        add(rf.smax_seasonal(out / "smax_seasonal.png", summary.smax_month, ids, chosen),
-            "Seasonal dynamics of S_max: calendar-month mean relative to each basin's mean.")
+        if has_smax:
+            add(rf.smax_seasonal(out / "smax_seasonal.png", summary.smax_month, ids, chosen),
+                "Seasonal dynamics of S_max: calendar-month mean relative to each basin's mean.")
     else:
         skipped.append("hydrographs, seasonal cycles, S_max seasonal dynamics: pass --predictions PRED.zarr "
                        "(from `rootzone predict`)")
-    tables = ["metrics_members.csv", "metrics_basins.csv"]
-    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped)
-    return {"figures": figures, "tables": tables, "skipped": skipped}
+    tables = ["metrics_members.csv", "metrics_basins.csv", *extra_tables]
+    notes = [describe(flagged)] if store is not None and (flagged := external_water_basins(store)) else []
+    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped, notes)
+    return {"figures": figures, "tables": tables, "skipped": skipped, "notes": notes}
 
 
 def figure_stem(prefix: str, basin: str, used: set[str]) -> str:
@@ -125,18 +138,21 @@ def _hydrograph(out: Path, pred, store, basin: str, stem: str) -> Path:
     p = pred.sel(basin=basin)
     time = pd.DatetimeIndex(pred["time"].values)
     obs = store["q"].sel(basin=basin).values if "q" in store else np.full(len(time), np.nan)
+    nan = np.full(len(time), np.nan)  # a plain-LSTM-only prediction has no S, S_max
     return rf.hydrograph(out / f"{stem}.png", basin, time, obs, p["q"].values, p["q_mean"].values,
-                         p["s_mean"].values, p["smax_mean"].values)
+                         p["s_mean"].values if "s_mean" in p else nan,
+                         p["smax_mean"].values if "smax_mean" in p else nan)
 
 
 def _write_index(out: Path, experiment: str, predictions: str | None, table: pd.DataFrame,
                  per_basin: pd.DataFrame, figures: list[tuple[str, str]], tables: list[str],
-                 skipped: list[str]) -> None:
+                 skipped: list[str], notes: list[str] = ()) -> None:
     test = table[table["split"] == "test"]
     med = test.groupby("target")[list(METRICS)].median()
     parts = [f"<h1>rootzone report</h1><p>experiment <code>{html.escape(experiment)}</code>; "
              f"{test['member'].nunique()} trials, {test['basin'].nunique()} basins; predictions "
              f"<code>{html.escape(predictions or 'none')}</code></p>",
+             *(f"<p><b>Flag:</b> {html.escape(n)}</p>" for n in notes),
              "<h2>Test skill (median over basins and trials)</h2>", med.round(3).to_html()]
     if any(c.startswith("ensemble_") for c in per_basin.columns):
         ens = per_basin.groupby("target")[[f"ensemble_{m}" for m in METRICS]].median()

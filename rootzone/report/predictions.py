@@ -137,10 +137,15 @@ def summarise_predictions(pred: xr.Dataset, trials: list[TrialResult], chunk: in
         sl = slice(lo, min(lo + chunk, n))
         ids = [str(b) for b in pred["basin"].values[sl]]
         p = pred.isel(basin=sl)
-        sm = p["smax_mean"].values[:, ~spin].astype(np.float64)
+        if "smax_mean" in p:
+            sm = p["smax_mean"].values[:, ~spin].astype(np.float64)
+            members_smax = p["smax"].values[:, :, ~spin]
+        else:  # plain LSTM members only: no S_max (NaN, the report skips its figures)
+            sm = np.full((len(ids), int((~spin).sum())), np.nan)
+            members_smax = sm[None]
         with _quiet():
             smax.append(np.nanmean(sm, axis=1))
-            smax_std.append(np.nanstd(np.nanmean(p["smax"].values[:, :, ~spin], axis=2), axis=0))
+            smax_std.append(np.nanstd(np.nanmean(members_smax, axis=2), axis=0))
             clim = climatology(sm, time.month[~spin])
             smax_month.append(clim / np.nanmean(clim, axis=1, keepdims=True))
         o = obs_store.sel(basin=ids)

@@ -39,6 +39,20 @@ def basin_table(table: pd.DataFrame, ensemble: pd.DataFrame | None = None) -> pd
     return out.reset_index()
 
 
+def component_table(trials: list[TrialResult]) -> pd.DataFrame:
+    """Trials with ``components`` > 1: one row per trial, basin and bucket set with its mean S_max (mm) and
+    area share (metrics.json ``smax_components``, ``component_weights``), and the basin's weighted capacity
+    ``smax_weighted`` (metrics.json ``smax_mean``). Empty when no trial has several sets."""
+    rows = []
+    for t in trials:
+        m = t.metrics
+        for basin, sets in m.smax_components.items():
+            for k, (smax, share) in enumerate(zip(sets, m.component_weights.get(basin, []))):
+                rows.append({"member": t.name, "fold": t.fold, "seed": t.seed, "basin": basin, "component": k,
+                             "smax": smax, "weight": share, "smax_weighted": m.smax_mean.get(basin)})
+    return pd.DataFrame(rows)
+
+
 def representative_basins(basins: pd.DataFrame, n: int = 3) -> list[str]:
     """Basins at the best, median and worst test NSE of Q (member median); the first ``n`` basins otherwise."""
     q = basins[basins["target"] == "q"].dropna(subset=["member_nse"]).sort_values("member_nse")
