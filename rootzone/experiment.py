@@ -88,6 +88,14 @@ class TrialMetrics:
     splits: dict[str, dict[str, dict]] = field(default_factory=dict)
     smax_mean: dict[str, float] = field(default_factory=dict)
     truth_recovery: dict[str, float] | None = None
+    # the cross-validation scheme: {"scheme": "temporal"|"spatial"|"spatiotemporal", and for spatial ones
+    # "groups", "split_seed", "basins": {split: [ids]}}; absent in older files = temporal
+    cv: dict[str, Any] = field(default_factory=lambda: {"scheme": "temporal"})
+    truth_recovery_test: dict[str, float] | None = None  # recovery on the held-out basins (spatial schemes)
+
+    @property
+    def scheme(self) -> str:
+        return str(self.cv.get("scheme", "temporal"))
 
     def median(self, split: str, target: str, metric: str) -> float:
         """Median over basins of ``metric`` for ``target`` on ``split`` (NaN when absent)."""
@@ -102,6 +110,9 @@ class TrialMetrics:
                "years": self.years, "splits": self.splits, "smax_mean": self.smax_mean}
         if self.truth_recovery:
             out["truth_recovery"] = self.truth_recovery
+        out["cv"] = self.cv
+        if self.truth_recovery_test:
+            out["truth_recovery_test"] = self.truth_recovery_test
         return out
 
     def to_json(self) -> str:
@@ -114,7 +125,8 @@ class TrialMetrics:
                    best_epoch=int(d.get("best_epoch", 0)), epochs_run=int(d.get("epochs_run", 0)),
                    best_validation_loss=math.nan if loss is None else float(loss), years=d.get("years", {}),
                    splits=d.get("splits", {}), smax_mean=d.get("smax_mean", {}),
-                   truth_recovery=d.get("truth_recovery"))
+                   truth_recovery=d.get("truth_recovery"), cv=d.get("cv") or {"scheme": "temporal"},
+                   truth_recovery_test=d.get("truth_recovery_test"))
 
     @classmethod
     def from_json(cls, text: str) -> TrialMetrics:
@@ -133,7 +145,8 @@ class TrialResult:
 
 def metrics_rows(trials: list[TrialResult]) -> list[dict[str, Any]]:
     """The trials' metrics.json flattened: one row per trial, basin, split and target, with the columns fold,
-    seed, member, basin, split, target and the per-basin metrics (``rootzone.metrics.METRICS``)."""
+    seed, member, basin, split, target, the per-basin metrics (``rootzone.metrics.METRICS``) and ``cv`` (the
+    cross-validation scheme that produced them: temporal = gauged skill, spatial = ungauged skill)."""
     from rootzone.metrics import METRICS
 
     rows = []
@@ -142,7 +155,7 @@ def metrics_rows(trials: list[TrialResult]) -> list[dict[str, Any]]:
             for target, entry in per_target.items():
                 for basin, scores in entry["basins"].items():
                     rows.append({"fold": t.fold, "seed": t.seed, "member": t.name, "basin": basin, "split": split,
-                                 "target": target, **{k: scores[k] for k in METRICS}})
+                                 "target": target, **{k: scores[k] for k in METRICS}, "cv": t.metrics.scheme})
     return rows
 
 
@@ -448,7 +461,9 @@ def check_same_experiment(old: dict[str, Any], new: dict[str, Any], where: str) 
     """RootzoneError naming what differs when ``new`` (this invocation) is not the experiment ``old``."""
     diffs = [k for k in ("folds", "seeds", "store") if old.get(k) != new.get(k)]
     a, b = old.get("config", {}), new["config"]
-    diffs += [k for k in sorted(set(a) | set(b)) if k not in VOLATILE_FIELDS and a.get(k) != b.get(k)]
+    default = Config().to_dict()  # a field an older record lacks had its default then
+    diffs += [k for k in sorted(set(a) | set(b)) if k not in VOLATILE_FIELDS
+              and a.get(k, default.get(k)) != b.get(k, default.get(k))]
     if diffs:
         raise RootzoneError(
             f"cannot resume: {where} was written by a different config (differs in: {', '.join(diffs)}); "
