@@ -3,7 +3,11 @@ prediction of each fold (mean over its seeds' best checkpoints) scored on the fo
 
 ``EXP/ensemble_metrics.csv|.parquet``: one row per fold, seed, basin, split, target with the columns of
 :data:`rootzone.metrics.METRICS`. ``EXP/summary.json``: median test NSE/KGE per target across members (each
-member's median over basins) and for the ensemble mean (median over folds of its median over basins).
+member's median over basins) and for the ensemble mean (median over folds of its median over basins), the
+cross-validation scheme (``cv``), for twin stores the S_max recovery of each basin from the members that held
+it out (``truth_recovery_heldout``), and ``uncertainty``: CRPS, 90 % interval coverage and spread/RMSE of each
+fold's seeds on that fold's test days and basins (daily targets; the seeds of one fold are the only members
+that never trained on those days).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from rootzone.experiment import (
     load_member,
     metrics_rows,
 )
-from rootzone.metrics import METRICS, median_metrics
+from rootzone.metrics import METRICS, ensemble_scores, median_metrics
 
 COLUMNS = ["fold", "seed", "basin", "split", "target", *METRICS, "cv"]
 
@@ -43,8 +47,10 @@ def metrics_table(trials: list[TrialResult]) -> pd.DataFrame:
 
 
 def ensemble_mean_scores(exp: ExperimentDir, trials: list[TrialResult], device: str = "cpu",
-                         chunk: int = 256) -> dict[int, dict[str, dict[str, dict]]]:
-    """fold -> target -> basin -> metrics of the mean prediction of the fold's members on its test years."""
+                         chunk: int = 256, uncertainty: dict | None = None) -> dict[int, dict[str, dict[str, dict]]]:
+    """fold -> target -> basin -> metrics of the mean prediction of the fold's members on its test years (and
+    test basins). ``uncertainty`` (a dict, filled when given): fold -> daily target -> basin ->
+    :func:`rootzone.metrics.ensemble_scores` of the fold's members (its seeds) on the same test days."""
     from rootzone.data.folds import cv_fold
     from rootzone.data.loader import StoreData
     from rootzone.data.schema import open_store
@@ -60,13 +66,17 @@ def ensemble_mean_scores(exp: ExperimentDir, trials: list[TrialResult], device: 
             split = cv_fold(ds, lm.cfg)
             data = StoreData(ds, lm.cfg.replace(device=device, progress=False), split, lm.normaliser)
             built.append((data, lm.model, torch.device(device)))
-        out[fold] = _score_mean(built, chunk)
+        probabilistic: dict[str, dict] = {}
+        out[fold] = _score_mean(built, chunk, probabilistic)
+        if uncertainty is not None:
+            uncertainty[fold] = probabilistic
     return out
 
 
-def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
+def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> dict[str, dict[str, dict]]:
     """Score the mean of the members' whole-record series on the test split as
-    :func:`rootzone.evaluation.evaluate_record` scores one member (spun-up storages, no warm-up days)."""
+    :func:`rootzone.evaluation.evaluate_record` scores one member (spun-up storages, no warm-up days);
+    ``probabilistic`` (filled when given): daily target -> basin -> ensemble scores of the members."""
     data0 = built[0][0]
     targets = [schema.target(t) for t in data0.targets]
     min_obs = getattr(data0.cfg, "min_obs", None)
@@ -77,11 +87,15 @@ def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
         for lo in range(0, data0.n_basins, chunk):
             basins = np.arange(lo, min(lo + chunk, data0.n_basins))
             sums: dict[str, np.ndarray] = {}
+            each: dict[str, list[np.ndarray]] = {}
             for data, model, dev in built:
                 batch = data.load(basins, 0, data.n_days).to(dev)
                 o = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, data.cfg.spinup_cycles)[0]
                 for name, t in by_output.items():
-                    sums[name] = sums.get(name, 0.0) + t.model_series(o.buckets).double().cpu().numpy() / len(built)
+                    series = t.model_series(o.buckets).double().cpu().numpy()
+                    sums[name] = sums.get(name, 0.0) + series / len(built)
+                    if probabilistic is not None and not t.monthly:
+                        each.setdefault(name, []).append(series)
             batch = batch.to(torch.device("cpu"))
             day_mask, month_mask = (m.numpy() for m in data0.masks(batch, "test", 0))
             keep = data0.split.basin_mask("test", data0.n_basins)[basins]  # spatial folds: held-out basins
@@ -97,6 +111,10 @@ def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
                 sims[t.name] = sim[keep]
                 per[t.name].update(score_basins(sim, obs, t, month_mask if t.monthly else day_mask, basins=ids,
                                                 min_obs=min_obs))
+                if probabilistic is not None and not t.monthly:
+                    x = np.stack(each[t.output])[:, keep]
+                    for i, b in enumerate(ids):
+                        probabilistic.setdefault(t.name, {})[b] = ensemble_scores(x[:, i], obs[i], day_mask)
             if has_twsa:
                 calendar = data0.months[batch.months].month.to_numpy()
                 parts = twsa_components(sims["twsa"], batch.obs["twsa"].double().numpy()[keep], calendar, month_mask,
@@ -136,8 +154,27 @@ def heldout_recovery(members: list[TrialResult], store) -> dict[str, float] | No
     return out
 
 
+def uncertainty_summary(uncertainty: dict) -> dict[str, dict[str, float]]:
+    """Per daily target, over the folds' test basin-days (each scored by the seeds of the fold testing it):
+    median CRPS and spread/RMSE over basins, coverage of the 90 % interval pooled over scored days, members
+    per day and scored basin-days."""
+    out = {}
+    targets = sorted({t for per in uncertainty.values() for t in per})
+    for t in targets:
+        rows = [s for per in uncertainty.values() for s in per.get(t, {}).values() if s["n_scored"] > 0]
+        if not rows:
+            continue
+        w = np.array([r["n_scored"] for r in rows], dtype=np.float64)
+        out[t] = {"crps_median": _nanmedian([r["crps"] for r in rows]),
+                  "coverage90": float(np.sum([r["coverage90"] for r in rows] * w) / w.sum()),
+                  "spread_skill_median": _nanmedian([r["spread_skill"] for r in rows]),
+                  "members_per_day": float(np.sum([r["members"] for r in rows] * w) / w.sum()),
+                  "basin_days": int(w.sum())}
+    return out
+
+
 def summarise(members: list[TrialResult], mean_scores: dict | None, missing: list[str],
-              store=None) -> dict[str, Any]:
+              store=None, uncertainty: dict | None = None) -> dict[str, Any]:
     """Median test NSE/KGE per target across members (and across folds for the ensemble mean), the
     cross-validation scheme(s) that produced them and, for a twin store, the S_max recovery from the members
     that held each basin out (``truth_recovery_heldout``)."""
@@ -150,6 +187,8 @@ def summarise(members: list[TrialResult], mean_scores: dict | None, missing: lis
     recovery = heldout_recovery(members, store)
     if recovery:
         summary["truth_recovery_heldout"] = recovery
+    if uncertainty:
+        summary["uncertainty"] = uncertainty_summary(uncertainty)
     for t in targets:
         summary["members"][t] = {k: _nanmedian([m.metrics.median("test", t, k) for m in members
                                                 if t in m.metrics.targets("test")]) for k in ("nse", "kge")}
@@ -184,6 +223,10 @@ def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console
                       f"basins): Pearson r = {rec.get('smax_pearson_r', nan):.3f}, median |log ratio| = "
                       f"{rec.get('smax_median_abs_log_ratio', nan):.3f}, log slope = "
                       f"{rec.get('smax_log_slope', nan):.3f}")
+    for t, u in summary.get("uncertainty", {}).items():
+        console.print(f"ensemble on test days, {t}: CRPS {u['crps_median']:.3g} (median over basins), 90 % interval "
+                      f"coverage {u['coverage90']:.2f}, spread/RMSE {u['spread_skill_median']:.2f}, "
+                      f"{u['members_per_day']:.1f} members per day")
     if summary["missing"]:
         console.print(f"[yellow]missing trials ({len(summary['missing'])}): {', '.join(summary['missing'])}")
 

@@ -127,8 +127,9 @@ def aggregate(exp: ExperimentDir | str, ensemble_mean: bool = True, device: str 
     if not members:
         raise RootzoneError(f"no finished trial in {exp.url(TRIALS)}")
     table = metrics_table(members)
-    mean_scores = ensemble_mean_scores(exp, members, device) if ensemble_mean else None
-    summary = summarise(members, mean_scores, missing, _open_store(exp.recorded_store()))
+    uncertainty: dict = {}
+    mean_scores = ensemble_mean_scores(exp, members, device, uncertainty=uncertainty) if ensemble_mean else None
+    summary = summarise(members, mean_scores, missing, _open_store(exp.recorded_store()), uncertainty)
     write_outputs(exp, table, summary)
     print_ensemble_summary(summary, f"median test scores: {len(members)} members, {record['folds']} folds × "
                                     f"{len(record['seeds'])} seeds", console)
