@@ -150,3 +150,31 @@ def test_report_puts_gauged_and_ungauged_side_by_side(spatial_experiment, tmp_pa
     assert "gauged (temporal CV)" in index and "ungauged (spatial CV)" in index
     assert "held-out smax_median_abs_log_ratio" in index
     assert any("pass --predictions" in s for s in info["skipped"])
+
+
+def test_ensemble_summary_of_a_spatial_experiment(spatial_experiment):
+    """summary.json names the scheme, pools the held-out S_max recovery over folds and scores each fold's
+    seeds on its held-out basins."""
+    from rootzone.ensemble.run import aggregate
+    from rootzone.evaluation import recovery_figures
+
+    root, _ = spatial_experiment
+    summary = aggregate(str(root))
+    assert summary["cv"] == "spatial" and summary["n_members"] == 6
+    saved = json.loads((root / "summary.json").read_text())
+    assert saved["cv"] == "spatial"
+    u = saved["uncertainty"]["q"]
+    assert u["members_per_day"] == pytest.approx(2.0) and 0 <= u["coverage90"] <= 1 and u["crps_median"] > 0
+    # held-out recovery: each basin's S_max is the mean over the two seeds of the fold that tested it
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in sorted((root / "trials").iterdir())]
+    store = xr.open_zarr(json.loads((root / "experiment.json").read_text())["store"])
+    ids = [str(b) for b in store["basin"].values]
+    learned = np.array([np.mean([m["smax_mean"][b] for m in metrics if b in m["cv"]["basins"]["test"]])
+                        for b in ids])
+    ref = recovery_figures("smax", store["true_smax"].mean("time").values, learned)
+    rec = saved["truth_recovery_heldout"]
+    assert rec["basins"] == 6 and rec["smax_rmse"] == pytest.approx(ref["smax_rmse"])
+    table = pd.read_csv(root / "ensemble_metrics.csv")
+    assert set(table["cv"]) == {"spatial"}
+    test = table[(table["split"] == "test") & (table["target"] == "q")]
+    assert test.groupby("basin")["fold"].nunique().eq(1).all() and test["basin"].nunique() == 6

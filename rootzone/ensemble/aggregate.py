@@ -108,7 +108,7 @@ def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> d
                 sim = t.model_series(sums)
                 if t.monthly:
                     sim = monthly_mean(sim, batch.day_month.numpy(), batch.obs[t.name].shape[1])
-                sims[t.name] = sim[keep]
+                sim = sims[t.name] = sim[keep]
                 per[t.name].update(score_basins(sim, obs, t, month_mask if t.monthly else day_mask, basins=ids,
                                                 min_obs=min_obs))
                 if probabilistic is not None and not t.monthly:
