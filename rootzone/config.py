@@ -112,6 +112,8 @@ class Config:
         need(self.folds >= 2, "folds", "must be >= 2")
         need(0 <= self.fold < self.folds, "fold", f"must be in [0, folds-1] = [0, {self.folds - 1}]")
         need(self.cv in CV_CHOICES, "cv", f"must be one of {CV_CHOICES}")
+        need(self.cv != "temporal" or not self.cv_groups, "cv_groups",
+             "groups basins for cv = 'spatial' or 'spatiotemporal' only (temporal folds hold out years); pass --cv")
         need(self.cv == "temporal" or self.folds >= 3, "folds",
              f"must be >= 3 for cv = {self.cv!r} (test, validation and training basins)")
         need(self.validation_years >= 0, "validation_years", "must be >= 0 (0 = 2 when the record allows)")

@@ -102,6 +102,8 @@ def test_bad_cv_settings_are_refused(regional):
         Config(cv="random")
     with pytest.raises(ConfigError, match="folds"):
         Config(cv="spatial", folds=2)
+    with pytest.raises(ConfigError, match="cv_groups"):
+        Config(cv_groups="region")  # temporal folds have no basin groups
     with pytest.raises(RootzoneError, match="cv_groups"):
         cv_fold(regional, _cfg("spatial", cv_groups="no_such_column"))
     with pytest.raises(RootzoneError, match="basin groups"):
