@@ -186,3 +186,13 @@ def test_temporal_default_is_unchanged(tiny_store):
     split = cv_fold(ds, Config(folds=3, fold=0))
     assert split.basins is None and split.scheme == "temporal"
     assert isinstance(ds, xr.Dataset)
+
+
+def test_tune_selection_record_for_spatial_folds(regional):
+    from rootzone.ensemble.tune import selection_note, spatial_selection_record
+
+    rec = spatial_selection_record(regional, _cfg("spatial", folds=4), 1)
+    assert rec["cv"] == "spatial" and rec["honest_for_fold"] == 1
+    assert set(rec["honest_test_basins"]).isdisjoint(rec["selected_on"] + rec["trained_on"])
+    assert rec["selected_on_test_of"] == [2]  # validation basins of fold 1 = test basins of fold 2
+    assert "test basins" in selection_note(rec)
