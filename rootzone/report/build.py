@@ -57,7 +57,6 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
     per_basin = rt.basin_table(table, summary.ensemble_metrics if summary else None)
     map_ids = summary.basins if summary is not None else sorted({b for t in trials for b in t.metrics.smax_mean})
     shapes = rm.read_polygons(polygons, map_ids, id_column) if polygons else None  # checked before writing
-    att_all = rm.attributes(store, map_ids)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(str(out / "metrics_members.csv"), rt.spreadsheet_safe(table).to_csv(index=False))
     atomic_write_text(str(out / "metrics_basins.csv"), rt.spreadsheet_safe(per_basin).to_csv(index=False))
@@ -76,17 +75,18 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         smax = np.array([np.nanmean([t.metrics.smax_mean.get(b, np.nan) for t in trials]) for b in ids])
         spread, source = None, "mean over trials of each trial's whole-record mean S_max (metrics.json)"
     add(rf.smax_distribution(out / "smax_distribution.png", smax, spread), f"S_max across basins ({source}).")
-    figures.append(rm.smax_map(out, ids, smax, spread, att_all, shapes))
     if store is not None:
         att = pd.DataFrame(store["attributes"].sel(basin=ids).values, index=ids,
                            columns=[str(a) for a in store["attribute"].values])
         add(rf.smax_vs_attributes(out / "smax_vs_attributes.png", smax, att),
             "S_max against each basin attribute (aridity = PET/P first).")
+        figures.append(rm.smax_map(out, ids, smax, spread, att, shapes))
         if "true_smax" in store:
             spin = int(pred.attrs.get("warmup_days", 0)) if pred is not None else 0
             truth = store["true_smax"].sel(basin=ids).isel(time=slice(spin, None)).mean("time").values
             add(rf.smax_truth(out / "smax_truth.png", truth, smax), "Twin experiment: learned vs true S_max.")
     else:
+        figures.append(rm.smax_map(out, ids, smax, spread, None, shapes))
         skipped.append("S_max vs attributes, truth: experiment.json names no store")
     if summary is not None:
         chosen = basins or rt.representative_basins(per_basin[per_basin["basin"].isin(ids)]) or ids[:3]

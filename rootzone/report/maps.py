@@ -19,14 +19,6 @@ from rootzone.report import figures as rf  # noqa: E402
 COORDINATES = (("longitude", "latitude"), ("gauge_lon", "gauge_lat"))  # (x, y) attribute pairs, first found wins
 
 
-def attributes(store, ids: list[str]) -> pd.DataFrame | None:
-    """The store's attributes of ``ids`` (rows) by name (columns); None without a store."""
-    if store is None:
-        return None
-    return pd.DataFrame(store["attributes"].sel(basin=ids).values, index=ids,
-                        columns=[str(a) for a in store["attribute"].values])
-
-
 def polygon_map(path: Path, polygons, smax: np.ndarray) -> Path:
     """Basin polygons (GeoDataFrame in the order of ``smax``) coloured by S_max (mm)."""
     fig, ax = plt.subplots(figsize=(8, 5))
