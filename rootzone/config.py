@@ -42,6 +42,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PARAM_MODES = ("dynamic", "static")
 MODEL_CHOICES = ("hybrid", "lstm")
 ROUTING_CHOICES = ("none", "gamma")
+CV_CHOICES = ("temporal", "spatial", "spatiotemporal")  # cross-validation schemes (data/folds.py)
 
 
 @dataclass
@@ -51,9 +52,16 @@ class Config:
     # data and cross-validation
     store: str = ""  # path or fsspec URL of a rootzone Zarr store
     out: str = "runs/trial"  # run directory (metrics.json, config.toml, checkpoint, log)
-    folds: int = 5  # k of the temporal k-fold (blocks of whole years)
+    folds: int = 5  # k of the k-fold cross-validation (blocks of whole years, of basin groups, or both)
     fold: int = 0  # which fold is the test block, 0 <= fold < folds
     seed: int = 0
+    # temporal: hold out years (gauged skill); spatial: hold out whole basins (ungauged skill); spatiotemporal:
+    # hold out basins and years together (data/folds.py)
+    cv: str = "temporal"
+    # spatial schemes: attribute or per-basin store variable whose values group basins that must stay on one
+    # side (region, nesting); "" = every basin its own (random) group
+    cv_groups: str = ""
+    cv_seed: int = 0  # seed of the basin-to-fold assignment; independent of ``seed`` so a fold's seeds share it
     # years taken from the training blocks for early stopping; 0 = 2 when the record allows (every fold keeps a
     # training year), else 1 (data/folds.py auto_validation_years); n >= 1 = exactly n (refused if too short)
     validation_years: int = 0
@@ -112,6 +120,11 @@ class Config:
 
         need(self.folds >= 2, "folds", "must be >= 2")
         need(0 <= self.fold < self.folds, "fold", f"must be in [0, folds-1] = [0, {self.folds - 1}]")
+        need(self.cv in CV_CHOICES, "cv", f"must be one of {CV_CHOICES}")
+        need(self.cv != "temporal" or not self.cv_groups, "cv_groups",
+             "groups basins for cv = 'spatial' or 'spatiotemporal' only (temporal folds hold out years); pass --cv")
+        need(self.cv == "temporal" or self.folds >= 3, "folds",
+             f"must be >= 3 for cv = {self.cv!r} (test, validation and training basins)")
         need(self.validation_years >= 0, "validation_years", "must be >= 0 (0 = 2 when the record allows)")
         need(self.hidden_size >= 1, "hidden_size", "must be >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")

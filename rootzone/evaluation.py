@@ -224,7 +224,8 @@ def record_pass(model, data: StoreData, device: torch.device, chunk: int = 256) 
 def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 256) -> Record:
     """Score every basin's whole record, run from spun-up storages, on each split. Every day of a split is
     scored, from the record's first day on (no warm-up: the storages are spun up, so the first test year of
-    fold 0 counts; the LSTM starts that day from a zero state, as in every window)."""
+    fold 0 counts; the LSTM starts that day from a zero state, as in every window). A split holding only some
+    basins (spatial folds) scores only those."""
     model.eval()
     warmup = 0
     min_obs = getattr(data.cfg, "min_obs", None)
@@ -261,12 +262,17 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
             calendar = data.months[batch.months].month.to_numpy()
             for split in SPLITS:
                 day_mask, month_mask = (m.numpy() for m in data.masks(batch, split, warmup))
+                keep = data.split.basin_mask(split, data.n_basins)[basins]
+                if not keep.any():
+                    continue
+                kept = [i for i, k in zip(ids, keep) if k]
                 for t in targets:
                     scored = month_mask if t.monthly else day_mask
-                    per[split][t.name].update(score_basins(sims[t.name], obs[t.name], t, scored, basins=ids,
-                                                           min_obs=min_obs))
+                    per[split][t.name].update(score_basins(sims[t.name][keep], obs[t.name][keep], t, scored,
+                                                           basins=kept, min_obs=min_obs))
                 if has_twsa:
-                    parts = twsa_components(sims["twsa"], obs["twsa"], calendar, month_mask, ids, min_obs)
+                    parts = twsa_components(sims["twsa"][keep], obs["twsa"][keep], calendar, month_mask, kept,
+                                            min_obs)
                     for name, scores in parts.items():
                         per[split][name].update(scores)
     scores = {s: {t: {"median": median_metrics(per[s][t]), "basins": per[s][t]} for t in names} for s in SPLITS}
@@ -274,9 +280,10 @@ def evaluate_record(model, data: StoreData, device: torch.device, chunk: int = 2
                   spinup_unconverged=unconverged, smax_components=smax_sets, component_weights=shares)
 
 
-def truth_recovery(ds: xr.Dataset, record: Record) -> dict[str, float]:
+def truth_recovery(ds: xr.Dataset, record: Record, basins: np.ndarray | None = None) -> dict[str, float]:
     """How well the learned mean parameter of each basin recovers the true one, where the store holds
-    ``true_*`` variables (the demo twin experiment); empty dict otherwise.
+    ``true_*`` variables (the demo twin experiment); empty dict otherwise. ``basins`` (store positions):
+    only those (e.g. the held-out basins of a spatial fold); default every basin.
 
     Per parameter ``p`` (learned and true means over the record, one value per basin): ``p_pearson_r``,
     ``p_rmse`` (physical units), ``p_median_abs_log_ratio`` (median over basins of |log(learned / true)|:
@@ -290,15 +297,24 @@ def truth_recovery(ds: xr.Dataset, record: Record) -> dict[str, float]:
             continue
         truth = ds[key].mean("time").values.astype(np.float64)
         learned = record.param_mean[:, i].astype(np.float64)
-        if len(truth) > 2 and np.std(truth) > 0 and np.std(learned) > 0:
-            out[f"{name}_pearson_r"] = float(np.corrcoef(truth, learned)[0, 1])
-        out[f"{name}_rmse"] = float(np.sqrt(np.mean((truth - learned) ** 2)))
-        pos = (truth > 0) & (learned > 0) & np.isfinite(learned)
-        if pos.sum() > 2:
-            lt, ll = np.log(truth[pos]), np.log(learned[pos])
-            out[f"{name}_median_abs_log_ratio"] = float(np.median(np.abs(ll - lt)))
-            if np.std(lt) > 0:
-                out[f"{name}_log_slope"] = float(np.polyfit(lt, ll, 1)[0])
+        if basins is not None:
+            truth, learned = truth[basins], learned[basins]
+        out.update(recovery_figures(name, truth, learned))
+    return out
+
+
+def recovery_figures(name: str, truth: np.ndarray, learned: np.ndarray) -> dict[str, float]:
+    """:func:`truth_recovery`'s figures of parameter ``name`` from per-basin true and learned values [N]."""
+    out: dict[str, float] = {}
+    if len(truth) > 2 and np.std(truth) > 0 and np.std(learned) > 0:
+        out[f"{name}_pearson_r"] = float(np.corrcoef(truth, learned)[0, 1])
+    out[f"{name}_rmse"] = float(np.sqrt(np.mean((truth - learned) ** 2)))
+    pos = (truth > 0) & (learned > 0) & np.isfinite(learned)
+    if pos.sum() > 2:
+        lt, ll = np.log(truth[pos]), np.log(learned[pos])
+        out[f"{name}_median_abs_log_ratio"] = float(np.median(np.abs(ll - lt)))
+        if np.std(lt) > 0:
+            out[f"{name}_log_slope"] = float(np.polyfit(lt, ll, 1)[0])
     return out
 
 
@@ -312,9 +328,12 @@ def print_summary(metrics: dict, title: str, split: str = "test", console: Conso
     for target, entry in metrics["splits"][split].items():
         table.add_row(target, *(f"{entry['median'][m]:.3f}" for m in METRICS))
     console.print(table)
-    rec = metrics.get("truth_recovery")
-    if rec and "smax_pearson_r" in rec:
-        console.print(f"twin experiment: learned vs true mean S_max per basin: Pearson r = "
-                      f"{rec['smax_pearson_r']:.3f}, RMSE = {rec['smax_rmse']:.1f} mm, median |log ratio| = "
-                      f"{rec.get('smax_median_abs_log_ratio', float('nan')):.3f}, log slope = "
-                      f"{rec.get('smax_log_slope', float('nan')):.3f}")
+    scheme = (metrics.get("cv") or {}).get("scheme", "temporal")
+    for key, which in (("truth_recovery", "every basin"), ("truth_recovery_test", "held-out (test) basins")):
+        rec = metrics.get(key)
+        if rec and "smax_rmse" in rec:
+            nan = float("nan")
+            console.print(f"twin experiment ({scheme} CV, {which}): learned vs true mean S_max per basin: "
+                          f"Pearson r = {rec.get('smax_pearson_r', nan):.3f}, RMSE = {rec['smax_rmse']:.1f} mm, "
+                          f"median |log ratio| = {rec.get('smax_median_abs_log_ratio', nan):.3f}, log slope = "
+                          f"{rec.get('smax_log_slope', nan):.3f}")

@@ -95,6 +95,14 @@ class TrialMetrics:
     # capacity); empty otherwise
     smax_components: dict[str, list[float]] = field(default_factory=dict)
     component_weights: dict[str, list[float]] = field(default_factory=dict)
+    # the cross-validation scheme: {"scheme": "temporal"|"spatial"|"spatiotemporal", and for spatial ones
+    # "groups", "split_seed", "basins": {split: [ids]}}; absent in older files = temporal
+    cv: dict[str, Any] = field(default_factory=lambda: {"scheme": "temporal"})
+    truth_recovery_test: dict[str, float] | None = None  # recovery on the held-out basins (spatial schemes)
+
+    @property
+    def scheme(self) -> str:
+        return str(self.cv.get("scheme", "temporal"))
 
     def median(self, split: str, target: str, metric: str) -> float:
         """Median over basins of ``metric`` for ``target`` on ``split`` (NaN when absent)."""
@@ -112,6 +120,9 @@ class TrialMetrics:
         if self.smax_components:
             out["smax_components"] = self.smax_components
             out["component_weights"] = self.component_weights
+        out["cv"] = self.cv
+        if self.truth_recovery_test:
+            out["truth_recovery_test"] = self.truth_recovery_test
         return out
 
     def to_json(self) -> str:
@@ -125,7 +136,8 @@ class TrialMetrics:
                    best_validation_loss=math.nan if loss is None else float(loss), years=d.get("years", {}),
                    splits=d.get("splits", {}), smax_mean=d.get("smax_mean", {}),
                    truth_recovery=d.get("truth_recovery"), model=str(d.get("model", "hybrid")),
-                   smax_components=d.get("smax_components", {}), component_weights=d.get("component_weights", {}))
+                   smax_components=d.get("smax_components", {}), component_weights=d.get("component_weights", {}),
+                   cv=d.get("cv") or {"scheme": "temporal"}, truth_recovery_test=d.get("truth_recovery_test"))
 
     @classmethod
     def from_json(cls, text: str) -> TrialMetrics:
@@ -144,7 +156,8 @@ class TrialResult:
 
 def metrics_rows(trials: list[TrialResult]) -> list[dict[str, Any]]:
     """The trials' metrics.json flattened: one row per trial, basin, split and target, with the columns fold,
-    seed, member, basin, split, target and the per-basin metrics (``rootzone.metrics.METRICS``)."""
+    seed, member, basin, split, target, the per-basin metrics (``rootzone.metrics.METRICS``) and ``cv`` (the
+    cross-validation scheme that produced them: temporal = gauged skill, spatial = ungauged skill)."""
     from rootzone.metrics import METRICS
 
     rows = []
@@ -153,7 +166,7 @@ def metrics_rows(trials: list[TrialResult]) -> list[dict[str, Any]]:
             for target, entry in per_target.items():
                 for basin, scores in entry["basins"].items():
                     rows.append({"fold": t.fold, "seed": t.seed, "member": t.name, "basin": basin, "split": split,
-                                 "target": target, **{k: scores[k] for k in METRICS}})
+                                 "target": target, **{k: scores[k] for k in METRICS}, "cv": t.metrics.scheme})
     return rows
 
 

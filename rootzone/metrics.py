@@ -82,3 +82,55 @@ def median_metrics(per_basin: dict[str, dict[str, float]]) -> dict[str, float]:
         vals = np.array([b[m] for b in scored], dtype=np.float64)
         out[m] = float(np.nanmedian(vals)) if np.isfinite(vals).any() else float("nan")
     return {**out, **counts}
+
+
+# ---------------------------------------------------------------------------------------------- ensembles
+INTERVAL = (0.05, 0.95)  # the ensemble's central 90 % interval (quantiles over members)
+ENSEMBLE_SCORES = ("crps", "coverage90", "spread", "rmse_mean", "spread_skill", "members", "n_scored")
+
+
+def crps_ensemble(members: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """CRPS of a finite ensemble against observations, exactly, in the units of the data.
+
+    members: [M, ...] ensemble values; a NaN member is absent there (e.g. not a test member of that day), so
+    each entry's ensemble is its finite members. obs: [...] (broadcast). The forecast is the empirical CDF of
+    the m finite members; energy form CRPS = E|X - y| - ½ E|X - X'|, both expectations over that distribution
+    (E|X - X'| = (1/m²) Σ_i Σ_j |x_i - x_j| = (2/m²) Σ_k (2k - m + 1) x_(k), k = 0..m-1 over the sorted
+    members), which equals ∫ (F_ens(z) - 1{z >= y})² dz. One member: the absolute error. NaN where ``obs`` is
+    not finite or no member is. Float64 result [...]."""
+    x = np.asarray(members, dtype=np.float64)
+    y = np.broadcast_to(np.asarray(obs, dtype=np.float64), x.shape[1:])
+    x = np.where(np.isfinite(x), x, np.nan)
+    m = np.isfinite(x).sum(axis=0)
+    xs = np.sort(x, axis=0)  # NaN last
+    k = np.arange(x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    weight = np.where(k < m[None], 2 * k - m[None] + 1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mae = np.nansum(np.abs(x - y[None]), axis=0) / m
+        pair = 2.0 * np.nansum(weight * xs, axis=0) / m.astype(np.float64) ** 2
+    return np.where(np.isfinite(y) & (m > 0), mae - 0.5 * pair, np.nan)
+
+
+def ensemble_scores(members: np.ndarray, obs: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Probabilistic skill of one basin's ensemble [M, N] (a NaN member is absent on that entry) against
+    observations [N] on the entries ``valid`` [N] (default all) where the observation and at least one member
+    are finite: mean CRPS (:func:`crps_ensemble`), ``coverage90`` (fraction of observations inside the
+    members' 5-95 % quantile interval, linear interpolation), ``spread`` (root mean ensemble variance, ddof=0),
+    ``rmse_mean`` (RMSE of the ensemble mean), ``spread_skill`` (spread / rmse_mean: about 1 for a calibrated
+    ensemble, < 1 over-confident), ``members`` (mean number of members per scored entry), ``n_scored``. NaN
+    scores when nothing is scored."""
+    x = np.asarray(members, dtype=np.float64)
+    y = np.asarray(obs, dtype=np.float64)
+    ok = np.isfinite(y) & np.isfinite(x).any(axis=0)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    n = int(ok.sum())
+    if n == 0:
+        return {**{k: float("nan") for k in ENSEMBLE_SCORES}, "n_scored": 0}
+    x, y = x[:, ok], y[ok]
+    lo, hi = np.nanquantile(x, INTERVAL, axis=0)
+    spread = float(np.sqrt(np.mean(np.nanvar(x, axis=0))))
+    rmse = float(np.sqrt(np.mean((np.nanmean(x, axis=0) - y) ** 2)))
+    return {"crps": float(np.mean(crps_ensemble(x, y))), "coverage90": float(np.mean((y >= lo) & (y <= hi))),
+            "spread": spread, "rmse_mean": rmse, "spread_skill": spread / rmse if rmse > 0 else float("nan"),
+            "members": float(np.isfinite(x).sum(axis=0).mean()), "n_scored": n}

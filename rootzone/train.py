@@ -38,7 +38,7 @@ import torch
 
 from rootzone import loss as loss_module
 from rootzone.config import Config
-from rootzone.data.folds import temporal_fold
+from rootzone.data.folds import cv_fold
 from rootzone.data.loader import Normaliser, StoreData
 from rootzone.data.records import FIRST, LAST
 from rootzone.data.schema import REQUIRED_FORCING, check_forcing_finite, open_store
@@ -82,7 +82,7 @@ class EpochReport:
 def build(cfg: Config, normaliser: Normaliser | None = None) -> tuple[StoreData, HybridModel, torch.device]:
     """Open the store, split the fold, fit statistics and make the model (``cfg.model``) on its device."""
     ds = open_store(cfg.store)
-    split = temporal_fold(ds.indexes["time"], cfg.folds, cfg.fold, cfg.validation_years)
+    split = cv_fold(ds, cfg)
     data = StoreData(ds, cfg, split, normaliser)
     device = select_device(cfg.device)
     impl = dispatch.resolve(cfg.physics, device)
@@ -139,18 +139,19 @@ def _loss_on(model, data: StoreData, batch, split: str, warmup: int, device, rec
 
 def validation_loss(model, data: StoreData, device, chunk: int = 512, parts_out: dict | None = None,
                     record: RecordPass | None = None) -> float:
-    """Loss on the validation years for all basins, from a window that starts ``warmup_days`` earlier (from
-    ``record``'s stored storages of that day when given). ``parts_out`` (if given) receives the unweighted loss
-    of each target (comparable across target weights)."""
+    """Loss on the validation years of the validation basins (every basin for temporal folds), from a window
+    that starts ``warmup_days`` earlier (from ``record``'s stored storages of that day when given).
+    ``parts_out`` (if given) receives the unweighted loss of each target (comparable across target weights)."""
     cfg = data.cfg
     days = np.flatnonzero(data.split.masks["validation"])
     start = max(0, int(days[0]) - cfg.warmup_days)
     warmup = int(days[0]) - start
     model.eval()
     total, weight = 0.0, 0
+    pool = data.split_basins("validation") if hasattr(data, "split_basins") else np.arange(data.n_basins)
     with torch.no_grad():
-        for lo in range(0, data.n_basins, chunk):
-            basins = np.arange(lo, min(lo + chunk, data.n_basins))
+        for lo in range(0, len(pool), chunk):
+            basins = pool[lo : lo + chunk]
             batch = data.load(basins, start, int(days[-1]) + 1 - start)
             loss, parts = _loss_on(model, data, batch, "validation", warmup, device, record)
             total += float(loss) * len(basins)
@@ -348,7 +349,9 @@ class Trial:
                             smax_mean=dict(zip(data.basin_ids.tolist(), record.smax_mean.tolist())) if buckets
                             else {},
                             truth_recovery=(truth_recovery(data.ds, record) or None) if buckets else None,
-                            model=cfg.model, **_component_metrics(data, record))
+                            model=cfg.model, **_component_metrics(data, record),
+                            cv=cv_record(cfg, data),
+                            truth_recovery_test=_test_recovery(data, record) if buckets else None)
 
 
 def _component_metrics(data: StoreData, record) -> dict[str, dict[str, list[float]]]:
@@ -358,6 +361,22 @@ def _component_metrics(data: StoreData, record) -> dict[str, dict[str, list[floa
     ids = data.basin_ids.tolist()
     return {"smax_components": dict(zip(ids, record.smax_components.tolist())),
             "component_weights": dict(zip(ids, record.component_weights.tolist()))}
+
+
+def cv_record(cfg: Config, data: StoreData) -> dict[str, Any]:
+    """metrics.json ``cv``: the scheme that produced the scores, its grouping and the basins of each split."""
+    out: dict[str, Any] = {"scheme": cfg.cv}
+    if cfg.cv != "temporal":
+        out.update(groups=cfg.cv_groups, split_seed=cfg.cv_seed,
+                   basins={s: data.basin_ids[data.split_basins(s)].tolist() for s in ("train", "validation", "test")})
+    return out
+
+
+def _test_recovery(data: StoreData, record) -> dict[str, float] | None:
+    """Truth recovery on the held-out (test) basins only, for schemes that hold out basins."""
+    if data.split.basins is None:
+        return None
+    return truth_recovery(data.ds, record, basins=data.split_basins("test")) or None
 
 
 def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = None,
@@ -391,8 +410,8 @@ def train_trial(cfg: Config, on_epoch: Callable[[EpochReport], None] | None = No
 def _log_start(trial: Trial, resumed: bool) -> None:
     cfg, data, log = trial.cfg, trial.data, trial.log
     cfg.save(trial.out / CONFIG_TOML)
-    log.info("store %s: %d basins, %d days; fold %d/%d years %s; device %s, physics %s", cfg.store,
-             data.n_basins, data.n_days, cfg.fold, cfg.folds, data.split.to_dict(), trial.device,
+    log.info("store %s: %d basins, %d days; %s fold %d/%d years %s; device %s, physics %s", cfg.store,
+             data.n_basins, data.n_days, cfg.cv, cfg.fold, cfg.folds, data.split.to_dict(), trial.device,
              trial.model.physics_impl)
     if data.absent_targets:
         log.warning("target(s) %s have no observations on the training days of this fold: absent from the "
@@ -406,6 +425,8 @@ def _log_start(trial: Trial, resumed: bool) -> None:
         log.warning("%d basin(s) have no %d-day window of training days inside their record and are not "
                     "trained on (still scored where they have observations): %s", len(data.untrainable),
                     data.window_length(), shown)
+    if data.split.basins is not None:
+        log.info("basins: %s", {s: len(data.split_basins(s)) for s in ("train", "validation", "test")})
     if cfg.precision == "bf16" and trial.device.type != "cuda":
         log.info("precision bf16 applies on CUDA only: the network runs in float32 on %s", trial.device)
     if resumed:

@@ -10,7 +10,7 @@ from rootzone.cli.options import add_config_options, add_ray_options, add_verb, 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_verb(sub, "ensemble", "train a fold × seed ensemble on Ray (local or cluster)", run_ensemble_command)
     add_ray_options(p)
-    p.add_argument("--folds", type=int, help="temporal folds k (default: config value, 5)")
+    p.add_argument("--folds", type=int, help="folds k (default: config value, 5)")
     p.add_argument("--seeds", type=int, default=10, help="seeds per fold: 0..N-1 (default 10)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment in EXP")
     p.add_argument("--models", default=None,
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=16, help="configurations to try (default 16)")
     p.add_argument("--fold", type=int, default=0,
                    help="fold to tune on, the only fold whose test scores stay honest (default 0)")
-    p.add_argument("--folds", type=int, help="temporal folds k (default: config value, 5)")
+    p.add_argument("--folds", type=int, help="folds k (default: config value, 5)")
     add_config_options(p)
     p.set_defaults(func=run_tune_command)
 

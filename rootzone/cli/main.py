@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from rootzone.cli import data as data_cli
 from rootzone.cli import ensemble as ensemble_cli
+from rootzone.cli import export as export_cli
 from rootzone.cli import predict as predict_cli
 from rootzone.cli import report as report_cli
 from rootzone.cli import train as train_cli
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.register(sub)
     ensemble_cli.register(sub)
     predict_cli.register(sub)
+    export_cli.register(sub)
     report_cli.register(sub)
     return parser
 

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from rootzone.config import Config, parse_override
+from rootzone.config import CV_CHOICES, Config, parse_override
 from rootzone.ensemble.settings import RaySettings
 
 
@@ -32,6 +32,23 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. --set lr=1e-3 --set hidden_size=64 (repeatable)")
 
 
+def add_cv_options(p: argparse.ArgumentParser) -> None:
+    """``--cv`` and ``--cv-groups``: the cross-validation scheme of ``train``, ``ensemble`` and ``tune``."""
+    p.add_argument("--cv", choices=CV_CHOICES,
+                   help="cross-validation: temporal holds out years (skill in gauged basins, default), spatial "
+                        "holds out whole basins (skill in ungauged basins), spatiotemporal holds out basins and "
+                        "years together (see docs/cross-validation.md)")
+    p.add_argument("--cv-groups", metavar="COLUMN",
+                   help="spatial schemes: attribute (or per-basin store variable) whose basins sharing a value "
+                        "stay in one fold, e.g. a region code, so nested or neighbouring basins do not leak "
+                        "(default: every basin its own random group)")
+
+
+def cv_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides of :func:`add_cv_options` (None when not given)."""
+    return {"cv": getattr(args, "cv", None), "cv_groups": getattr(args, "cv_groups", None)}
+
+
 def config_from_args(args: argparse.Namespace, **explicit: Any) -> Config:
     """Defaults < --config file < --set overrides < explicit flags (those not None)."""
     overrides = dict(parse_override(o) for o in args.overrides)
@@ -52,6 +69,7 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs per trial")
     p.add_argument("--physics", help="auto | fused | compiled | eager")
     p.add_argument("--device", help="auto | cpu | cuda")
+    add_cv_options(p)
     p.add_argument("--no-resource-check", action="store_true",
                    help="do not refuse per-trial resources larger than any current node (autoscaling clusters)")
 
@@ -64,4 +82,4 @@ def ray_settings(args: argparse.Namespace) -> RaySettings:
 def ray_config(args: argparse.Namespace) -> Config:
     """The config of an ensemble or tuning run from its flags."""
     return config_from_args(args, store=args.store, folds=getattr(args, "folds", None), epochs=args.epochs,
-                            physics=args.physics, device=args.device)
+                            physics=args.physics, device=args.device, **cv_flags(args))

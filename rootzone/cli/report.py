@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="output folder")
     p.add_argument("--basins", help="comma-separated basin ids for hydrographs (default: best, median and "
                                     "worst test NSE of Q)")
+    p.add_argument("--polygons", metavar="FILE", help="basin polygons (GeoPackage, Shapefile, GeoJSON, ...) to draw "
+                                                     "the S_max map on (default: points at the basins' coordinates)")
+    p.add_argument("--id-column", metavar="COL", help="column of --polygons holding the basin ids (default: the "
+                                                      "first of basin, basin_id, gauge_id, id, ID)")
     p.set_defaults(func=run_report_command)
 
 
@@ -24,7 +28,7 @@ def run_report_command(args: argparse.Namespace) -> None:
     from rootzone.report import make_report
 
     basins = [b.strip() for b in args.basins.split(",") if b.strip()] if args.basins else None
-    result = make_report(args.experiment, args.out, args.predictions, basins)
+    result = make_report(args.experiment, args.out, args.predictions, basins, args.polygons, args.id_column)
     print(f"wrote {Path(args.out) / 'index.html'}: {len(result['figures'])} figures, "
           f"{len(result['tables'])} tables")
     for note in result["skipped"]:

@@ -6,14 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from rootzone.cli.options import add_config_options, add_verb, config_from_args
+from rootzone.cli.options import add_config_options, add_cv_options, add_verb, config_from_args, cv_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_verb(sub, "train", "train and evaluate one trial (one fold, one seed)", run_train_command)
     p.add_argument("--store", help="rootzone Zarr store (path or fsspec URL), e.g. from `rootzone data demo`")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/trial)")
-    p.add_argument("--folds", type=int, help="number of temporal folds k (default 5)")
+    p.add_argument("--folds", type=int, help="number of folds k (default 5)")
+    add_cv_options(p)
     p.add_argument("--fold", type=int, help="test fold, 0..k-1 (default 0)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--epochs", type=int, help="maximum epochs, each one pass over the training basins "
@@ -40,9 +41,9 @@ def run_train_command(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args, store=args.store, out=args.out, folds=args.folds, fold=args.fold,
                            seed=args.seed, epochs=args.epochs, physics=args.physics, device=args.device,
-                           progress=False if args.quiet else None)
+                           progress=False if args.quiet else None, **cv_flags(args))
     t0 = time.perf_counter()
     metrics = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
-    print_summary(metrics.to_dict(), title=f"test metrics, fold {cfg.fold}, seed {cfg.seed} "
+    print_summary(metrics.to_dict(), title=f"test metrics ({cfg.cv} CV), fold {cfg.fold}, seed {cfg.seed} "
                                  f"({time.perf_counter() - t0:.0f} s, best epoch {metrics.best_epoch})")
     print(f"wrote {Path(cfg.out) / METRICS_JSON}")

@@ -75,7 +75,7 @@ class Batch:
 
 @dataclass
 class Normaliser:
-    """Means and standard deviations of the network inputs (training days of every basin)."""
+    """Means and standard deviations of the network inputs (training days of the training basins)."""
 
     dynamic_names: list[str]
     dynamic_mean: np.ndarray
@@ -136,6 +136,8 @@ class StoreData:
             raise RootzoneError(f"the store has none of the targets {cfg.targets}")
         self.has_lai = "lai" in available
         self.train_days = np.flatnonzero(split.masks["train"])
+        # the training basins: every basin for temporal folds, the training basin groups for spatial ones
+        self.train_basins = self.split_basins("train")
         self.normaliser = normaliser or self._fit_normaliser()
         self.static = self._normalised_static()
         self.absent_targets: list[str] = []  # targets without observations on training days (_target_scales)
@@ -155,27 +157,37 @@ class StoreData:
         self._epoch: dict[str, int] | None = None  # seed and progress of the epoch being iterated
         self._resume: dict[str, int] | None = None  # an unfinished epoch to continue (restore_sampler)
         self._starts: dict[tuple[str, int, int], np.ndarray] = {}
-        # each basin's own record on the shared time axis (data/records.py); the training basins: every basin
-        # with a whole window of its record holding training days (temporal folds hold out years, not basins)
+        # each basin's own record on the shared time axis (data/records.py): the basins trained on are the
+        # training basins whose record holds a whole window with training days (the others: ``untrainable``)
         self.records = read_records(ds)
-        self.train_basins = np.arange(self.n_basins, dtype=np.int64)
+        self.untrainable: list[str] = []
         if self.records.partial:
             lo, hi = window_ranges(self.records, self.train_basins, self.window_length())
             starts = self.window_starts("train")
-            can = (np.searchsorted(starts, lo) < np.searchsorted(starts, hi, side="right"))
+            can = np.searchsorted(starts, lo) < np.searchsorted(starts, hi, side="right")
+            self.untrainable = self.basin_ids[self.train_basins[~can]].tolist()
             self.train_basins = self.train_basins[can]
             if not len(self.train_basins):
-                raise RootzoneError(f"no basin's record holds a {self.window_length()}-day window with training "
-                                    f"days after the warm-up: lower seq_len or use a longer period")
-        self.untrainable = [str(b) for b in np.setdiff1d(self.basin_ids, self.basin_ids[self.train_basins])]
+                raise RootzoneError(f"no training basin's record holds a {self.window_length()}-day window with "
+                                    f"training days after the warm-up: lower seq_len or use a longer period")
 
     # ------------------------------------------------------------------ statistics
+    def split_basins(self, split: str) -> np.ndarray:
+        """Ascending int64 store positions of the basins ``split`` holds (every basin for temporal folds)."""
+        return np.flatnonzero(self.split.basin_mask(split, self.n_basins)).astype(np.int64)
+
     def _fit_normaliser(self) -> Normaliser:
+        """Statistics of the training basins on the training days only (spatial folds: the held-out basins'
+        inputs never enter them)."""
+        basins = self.train_basins
+        every = len(basins) == self.n_basins
         dyn = self.ds[self.dynamic_names].isel(time=self.train_days)
+        if not every:
+            dyn = dyn.isel(basin=basins)
         with store_reads(self.where):
             mean = dyn.mean(dim=("basin", "time")).compute()
             std = dyn.std(dim=("basin", "time")).compute()
-            att = self.ds["attributes"].sel(attribute=self.static_names).values.astype(np.float64)
+            att = self.ds["attributes"].sel(attribute=self.static_names).values.astype(np.float64)[basins]
         return Normaliser(
             dynamic_names=self.dynamic_names,
             dynamic_mean=np.array([float(mean[v]) for v in self.dynamic_names]),
@@ -450,5 +462,6 @@ class StoreData:
         part holds days of ``split``: ``(basins, start, length)`` for :meth:`load`. Training uses :meth:`epoch`."""
         length = self.window_length()
         start = int(rng.choice(self.window_starts(split)))
-        basins = np.sort(rng.choice(self.n_basins, size=min(self.cfg.batch_size, self.n_basins), replace=False))
+        pool = self.split_basins(split)
+        basins = np.sort(rng.choice(pool, size=min(self.cfg.batch_size, len(pool)), replace=False))
         return basins.astype(np.int64), start, length

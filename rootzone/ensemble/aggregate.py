@@ -3,7 +3,11 @@ prediction of each fold (mean over its seeds' best checkpoints) scored on the fo
 
 ``EXP/ensemble_metrics.csv|.parquet``: one row per fold, seed, basin, split, target with the columns of
 :data:`rootzone.metrics.METRICS`. ``EXP/summary.json``: median test NSE/KGE per target across members (each
-member's median over basins) and for the ensemble mean (median over folds of its median over basins).
+member's median over basins) and for the ensemble mean (median over folds of its median over basins), the
+cross-validation scheme (``cv``), for twin stores the S_max recovery of each basin from the members that held
+it out (``truth_recovery_heldout``), and ``uncertainty``: CRPS, 90 % interval coverage and spread/RMSE of each
+fold's seeds on that fold's test days and basins (daily targets; the seeds of one fold are the only members
+that never trained on those days).
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from rootzone.experiment import (
     load_member,
     metrics_rows,
 )
-from rootzone.metrics import METRICS, median_metrics
+from rootzone.metrics import METRICS, ensemble_scores, median_metrics
 
-COLUMNS = ["fold", "seed", "basin", "split", "target", *METRICS]
+COLUMNS = ["fold", "seed", "basin", "split", "target", *METRICS, "cv"]
 
 
 def metrics_table(trials: list[TrialResult]) -> pd.DataFrame:
@@ -43,9 +47,11 @@ def metrics_table(trials: list[TrialResult]) -> pd.DataFrame:
 
 
 def ensemble_mean_scores(exp: ExperimentDir, trials: list[TrialResult], device: str = "cpu",
-                         chunk: int = 256) -> dict[int, dict[str, dict[str, dict]]]:
-    """fold -> target -> basin -> metrics of the mean prediction of the fold's members on its test years."""
-    from rootzone.data.folds import temporal_fold
+                         chunk: int = 256, uncertainty: dict | None = None) -> dict[int, dict[str, dict[str, dict]]]:
+    """fold -> target -> basin -> metrics of the mean prediction of the fold's members on its test years (and
+    test basins). ``uncertainty`` (a dict, filled when given): fold -> daily target -> basin ->
+    :func:`rootzone.metrics.ensemble_scores` of the fold's members (its seeds) on the same test days."""
+    from rootzone.data.folds import cv_fold
     from rootzone.data.loader import StoreData
     from rootzone.data.schema import open_store
 
@@ -57,16 +63,20 @@ def ensemble_mean_scores(exp: ExperimentDir, trials: list[TrialResult], device: 
             member = Member(t.name, t.fold, t.seed, exp.url(TRIALS, t.name, BEST_PT), t.metrics.best_validation_loss)
             lm = load_member(member, device, physics=None, store=store)  # the physics it was trained with
             ds = open_store(store)
-            split = temporal_fold(ds.indexes["time"], lm.cfg.folds, lm.cfg.fold, lm.cfg.validation_years)
+            split = cv_fold(ds, lm.cfg)
             data = StoreData(ds, lm.cfg.replace(device=device, progress=False), split, lm.normaliser)
             built.append((data, lm.model, torch.device(device)))
-        out[fold] = _score_mean(built, chunk)
+        probabilistic: dict[str, dict] = {}
+        out[fold] = _score_mean(built, chunk, probabilistic)
+        if uncertainty is not None:
+            uncertainty[fold] = probabilistic
     return out
 
 
-def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
+def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> dict[str, dict[str, dict]]:
     """Score the mean of the members' whole-record series on the test split as
-    :func:`rootzone.evaluation.evaluate_record` scores one member (spun-up storages, no warm-up days)."""
+    :func:`rootzone.evaluation.evaluate_record` scores one member (spun-up storages, no warm-up days);
+    ``probabilistic`` (filled when given): daily target -> basin -> ensemble scores of the members."""
     data0 = built[0][0]
     targets = [schema.target(t) for t in data0.targets]
     min_obs = getattr(data0.cfg, "min_obs", None)
@@ -77,40 +87,110 @@ def _score_mean(built: list, chunk: int) -> dict[str, dict[str, dict]]:
         for lo in range(0, data0.n_basins, chunk):
             basins = np.arange(lo, min(lo + chunk, data0.n_basins))
             sums: dict[str, np.ndarray] = {}
+            each: dict[str, list[np.ndarray]] = {}
             for data, model, dev in built:
                 batch = data.load(basins, 0, data.n_days).to(dev)
                 o = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, data.cfg.spinup_cycles)[0]
                 for name, t in by_output.items():
-                    sums[name] = sums.get(name, 0.0) + t.model_series(o.buckets).double().cpu().numpy() / len(built)
+                    series = t.model_series(o.buckets).double().cpu().numpy()
+                    sums[name] = sums.get(name, 0.0) + series / len(built)
+                    if probabilistic is not None and not t.monthly:
+                        each.setdefault(name, []).append(series)
             batch = batch.to(torch.device("cpu"))
             day_mask, month_mask = (m.numpy() for m in data0.masks(batch, "test", 0))
-            ids = [str(data0.basin_ids[b]) for b in basins]
+            keep = data0.split.basin_mask("test", data0.n_basins)[basins]  # spatial folds: held-out basins
+            if not keep.any():
+                continue
+            ids = [str(data0.basin_ids[b]) for b in basins[keep]]
             sims = {}
             for t in targets:
-                obs = batch.obs[t.name].double().numpy()
+                obs = batch.obs[t.name].double().numpy()[keep]
                 sim = t.model_series(sums)
                 if t.monthly:
-                    sim = monthly_mean(sim, batch.day_month.numpy(), obs.shape[1])
-                sims[t.name] = sim
+                    sim = monthly_mean(sim, batch.day_month.numpy(), batch.obs[t.name].shape[1])
+                sim = sims[t.name] = sim[keep]
                 per[t.name].update(score_basins(sim, obs, t, month_mask if t.monthly else day_mask, basins=ids,
                                                 min_obs=min_obs))
+                if probabilistic is not None and not t.monthly:
+                    x = np.stack(each[t.output])[:, keep]
+                    for i, b in enumerate(ids):
+                        probabilistic.setdefault(t.name, {})[b] = ensemble_scores(x[:, i], obs[i], day_mask)
             if has_twsa:
                 calendar = data0.months[batch.months].month.to_numpy()
-                parts = twsa_components(sims["twsa"], batch.obs["twsa"].double().numpy(), calendar, month_mask, ids,
-                                        min_obs)
+                parts = twsa_components(sims["twsa"], batch.obs["twsa"].double().numpy()[keep], calendar, month_mask,
+                                        ids, min_obs)
                 for name, scores in parts.items():
                     per[name].update(scores)
     return per
 
 
-def summarise(members: list[TrialResult], mean_scores: dict | None, missing: list[str]) -> dict[str, Any]:
-    """Median test NSE/KGE per target across members (and across folds for the ensemble mean)."""
+def heldout_smax(members: list[TrialResult]) -> dict[str, float]:
+    """Per basin, the mean S_max (metrics.json ``smax_mean``) over the members that held it out (their test
+    split holds it: every member for temporal folds, the folds whose test basins it is for spatial ones)."""
+    sums: dict[str, list[float]] = {}
+    for m in members:
+        held = m.metrics.cv.get("basins", {}).get("test") if m.metrics.scheme != "temporal" else None
+        for b, v in m.metrics.smax_mean.items():
+            if held is None or b in held:
+                sums.setdefault(b, []).append(float(v))
+    return {b: float(np.mean(v)) for b, v in sums.items()}
+
+
+def heldout_recovery(members: list[TrialResult], store) -> dict[str, float] | None:
+    """Truth recovery (:func:`rootzone.evaluation.recovery_figures`) of :func:`heldout_smax` against the twin
+    store's true S_max; None without ``true_smax``. For spatial folds this is the ungauged figure: every basin's
+    S_max comes from members that never saw it."""
+    from rootzone.evaluation import recovery_figures
+
+    if store is None or "true_smax" not in store:
+        return None
+    learned = heldout_smax(members)
+    ids = [str(b) for b in store["basin"].values if str(b) in learned]
+    if not ids:
+        return None
+    truth = store["true_smax"].sel(basin=ids).mean("time").values.astype(np.float64)
+    out = recovery_figures("smax", truth, np.array([learned[b] for b in ids]))
+    out["basins"] = len(ids)
+    return out
+
+
+def uncertainty_summary(uncertainty: dict) -> dict[str, dict[str, float]]:
+    """Per daily target, over the folds' test basin-days (each scored by the seeds of the fold testing it):
+    median CRPS and spread/RMSE over basins, coverage of the 90 % interval pooled over scored days, members
+    per day and scored basin-days."""
+    out = {}
+    targets = sorted({t for per in uncertainty.values() for t in per})
+    for t in targets:
+        rows = [s for per in uncertainty.values() for s in per.get(t, {}).values() if s["n_scored"] > 0]
+        if not rows:
+            continue
+        w = np.array([r["n_scored"] for r in rows], dtype=np.float64)
+        out[t] = {"crps_median": _nanmedian([r["crps"] for r in rows]),
+                  "coverage90": float(np.sum([r["coverage90"] for r in rows] * w) / w.sum()),
+                  "spread_skill_median": _nanmedian([r["spread_skill"] for r in rows]),
+                  "members_per_day": float(np.sum([r["members"] for r in rows] * w) / w.sum()),
+                  "basin_days": int(w.sum())}
+    return out
+
+
+def summarise(members: list[TrialResult], mean_scores: dict | None, missing: list[str],
+              store=None, uncertainty: dict | None = None) -> dict[str, Any]:
+    """Median test NSE/KGE per target across members (and across folds for the ensemble mean), the
+    cross-validation scheme(s) that produced them and, for a twin store, the S_max recovery from the members
+    that held each basin out (``truth_recovery_heldout``)."""
     targets = sorted({t for m in members for t in m.metrics.targets("test")})
     from rootzone.report.ablation import ablation_summary
 
-    summary: dict[str, Any] = {"members": {}, "ensemble_mean": {}, "n_members": len(members),
+    schemes = sorted({m.metrics.scheme for m in members})
+    summary: dict[str, Any] = {"cv": schemes[0] if len(schemes) == 1 else schemes,
+                               "members": {}, "ensemble_mean": {}, "n_members": len(members),
                                "trials": [m.name for m in sorted(members, key=lambda m: (m.fold, m.seed))],
                                "missing": missing}
+    recovery = heldout_recovery(members, store)
+    if recovery:
+        summary["truth_recovery_heldout"] = recovery
+    if uncertainty:
+        summary["uncertainty"] = uncertainty_summary(uncertainty)
     for t in targets:
         summary["members"][t] = {k: _nanmedian([m.metrics.median("test", t, k) for m in members
                                                 if t in m.metrics.targets("test")]) for k in ("nse", "kge")}
@@ -133,7 +213,7 @@ def write_outputs(exp: ExperimentDir, table: pd.DataFrame, summary: dict[str, An
 
 def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=title)
+    table = Table(title=f"{title} ({summary.get('cv', 'temporal')} cross-validation)")
     table.add_column("target")
     for col in ("members NSE", "members KGE", "ens. mean NSE", "ens. mean KGE"):
         table.add_column(col, justify="right")
@@ -149,6 +229,17 @@ def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console
             abl.add_row(t, f"{a['nse_hybrid']:.3f}", f"{a['nse_lstm']:.3f}", f"{a['diff_nse']:+.3f}",
                         f"{a['hybrid_better_nse']}/{a['basins']}")
         console.print(abl)
+    rec = summary.get("truth_recovery_heldout")
+    if rec and "smax_rmse" in rec:
+        nan = float("nan")
+        console.print(f"twin experiment, S_max of each basin from the members that held it out ({rec['basins']} "
+                      f"basins): Pearson r = {rec.get('smax_pearson_r', nan):.3f}, median |log ratio| = "
+                      f"{rec.get('smax_median_abs_log_ratio', nan):.3f}, log slope = "
+                      f"{rec.get('smax_log_slope', nan):.3f}")
+    for t, u in summary.get("uncertainty", {}).items():
+        console.print(f"ensemble on test days, {t}: CRPS {u['crps_median']:.3g} (median over basins), 90 % interval "
+                      f"coverage {u['coverage90']:.2f}, spread/RMSE {u['spread_skill_median']:.2f}, "
+                      f"{u['members_per_day']:.1f} members per day")
     if summary["missing"]:
         console.print(f"[yellow]missing trials ({len(summary['missing'])}): {', '.join(summary['missing'])}")
 

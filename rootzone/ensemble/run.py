@@ -123,11 +123,11 @@ def prepare_base(cfg: Config, folds: int) -> Config:
 
 def _check_store(cfg: Config) -> None:
     """Open the store and cut fold 0 in the driver, so a bad store fails once, clearly, before Ray starts."""
-    from rootzone.data.folds import temporal_fold
+    from rootzone.data.folds import cv_fold
     from rootzone.data.schema import open_store
 
     ds = open_store(cfg.store)
-    temporal_fold(ds.indexes["time"], cfg.folds, 0, cfg.validation_years)
+    cv_fold(ds, cfg, 0)
 
 
 def aggregate(exp: ExperimentDir | str, ensemble_mean: bool = True, device: str = "cpu",
@@ -143,10 +143,23 @@ def aggregate(exp: ExperimentDir | str, ensemble_mean: bool = True, device: str 
     if not members:
         raise RootzoneError(f"no finished trial in {exp.url(TRIALS)}")
     table = metrics_table(members)
-    mean_scores = ensemble_mean_scores(exp, members, device) if ensemble_mean else None
-    summary = summarise(members, mean_scores, missing)
+    uncertainty: dict = {}
+    mean_scores = ensemble_mean_scores(exp, members, device, uncertainty=uncertainty) if ensemble_mean else None
+    summary = summarise(members, mean_scores, missing, _open_store(exp.recorded_store()), uncertainty)
     write_outputs(exp, table, summary)
     print_ensemble_summary(summary, f"median test scores: {len(members)} members, {record['folds']} folds × "
                                     f"{len(record['seeds'])} seeds", console)
     (console or Console()).print(f"wrote {exp.url(ENSEMBLE_CSV)}, .parquet and {exp.url(SUMMARY_JSON)}")
     return summary
+
+
+def _open_store(url: str | None):
+    """The experiment's store for the summary's truth recovery (None when it is gone or unreadable)."""
+    from rootzone.data.schema import open_store
+
+    if not url:
+        return None
+    try:
+        return open_store(url)
+    except RootzoneError:
+        return None

@@ -16,6 +16,7 @@ import json
 import textwrap
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from rootzone.config import Config
@@ -50,9 +51,45 @@ def selection_record(time, folds: int, fold: int, validation_years: int) -> dict
             "leaks_into": leaks, "selected_on_test_of": selected_in}
 
 
+def spatial_selection_record(ds, cfg: Config, fold: int) -> dict[str, Any]:
+    """:func:`selection_record` for the spatial schemes: the search selects on fold ``fold``'s validation basins
+    (and trains on its training basins), which are other folds' test basins: ``selected_on`` / ``trained_on``
+    (basin ids), ``honest_for_fold``, ``honest_test_basins``, ``leaks_into`` {other fold: its test basins
+    the search saw}."""
+    from rootzone.data.folds import cv_fold
+
+    ids = [str(b) for b in ds["basin"].values]
+    n = len(ids)
+
+    def basins(split, s: str) -> list[str]:
+        return [ids[i] for i in np.flatnonzero(split.basin_mask(s, n))]
+
+    split = cv_fold(ds, cfg, fold)
+    seen = set(basins(split, "train")) | set(basins(split, "validation"))
+    leaks, selected_in = {}, []
+    for g in range(cfg.folds):
+        if g == fold:
+            continue
+        test_g = set(basins(cv_fold(ds, cfg, g), "test"))
+        leaks[g] = sorted(seen & test_g)
+        if set(basins(split, "validation")) & test_g:
+            selected_in.append(g)
+    return {"fold": fold, "folds": cfg.folds, "cv": cfg.cv, "selected_on": basins(split, "validation"),
+            "trained_on": basins(split, "train"), "honest_for_fold": fold,
+            "honest_test_basins": basins(split, "test"), "honest_test_years": split.years["test"],
+            "leaks_into": leaks, "selected_on_test_of": selected_in}
+
+
 def selection_note(record: dict[str, Any]) -> str:
     """One paragraph (also the header of best_config.toml) saying for which test block the tuned config is
     honest."""
+    if record.get("cv", "temporal") != "temporal":
+        leaky = ", ".join(str(g) for g in record["leaks_into"]) or "none"
+        return (f"tuned on fold {record['fold']} of {record['folds']} ({record['cv']} CV): selected on "
+                f"{len(record['selected_on'])} validation basins; honest only for fold {record['fold']}'s "
+                f"{len(record['honest_test_basins'])} test basins. Applied to folds {leaky} it was selected with "
+                f"their test basins in view (tune each fold with --fold, or report fold {record['fold']}'s test "
+                "scores only).")
     leaky = ", ".join(str(g) for g in record["leaks_into"]) or "none"
     return (f"tuned on fold {record['fold']} of {record['folds']}: selected on validation years "
             f"{record['selected_on']}; honest only for fold {record['fold']}'s test years "
@@ -125,4 +162,6 @@ def _selection(cfg: Config, fold: int) -> dict[str, Any]:
     from rootzone.data.schema import open_store
 
     ds = open_store(cfg.store)
+    if cfg.cv != "temporal":
+        return spatial_selection_record(ds, cfg, fold)
     return selection_record(ds.indexes["time"], cfg.folds, fold, cfg.validation_years)

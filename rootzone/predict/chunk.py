@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -84,11 +85,26 @@ def predict_chunk(job: PredictionJob, index: int, loaded: list[LoadedMember] | N
         n = max(seen[v], 1)
         group[f"{v}_mean"][lo:hi, :] = np.where(seen[v] > 0, mean[v], np.nan).astype(np.float32)
         group[f"{v}_std"][lo:hi, :] = np.where(seen[v] > 0, np.sqrt(m2[v] / n), np.nan).astype(np.float32)
+        _write_interval(group, v, lo, hi)
     group["invalid_values"][lo:hi, :] = counts
     group["invalid_inputs"][lo:hi] = invalid
     group["attribute_outside_range"][lo:hi, :] = outside
     group["outside_training_range"][lo:hi] = outside.any(axis=1)
     return ChunkResult(index, reasons, time.perf_counter() - t0)
+
+
+def _write_interval(group: zarr.Group, v: str, lo: int, hi: int) -> None:
+    """``<v>_q05`` / ``<v>_q95`` of basins lo..hi: quantiles over every member's series (read back from the
+    store one variable at a time, [M, B, T] float32, so memory stays one variable's members)."""
+    names = [f"{v}_{s}" for s in st.QUANTILE_SUFFIXES]
+    if not all(n in group for n in names):  # a store started before the interval existed (resumed)
+        return
+    x = np.asarray(group[v][:, lo:hi, :], dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # invalid basins: all members NaN
+        qs = np.nanquantile(x, st.INTERVAL, axis=0)
+    for name, q in zip(names, qs):
+        group[name][lo:hi, :] = q.astype(np.float32)
 
 
 def _run_member(lm: LoadedMember, arr: dict[str, np.ndarray], att: np.ndarray, att_names: list[str],

@@ -9,6 +9,7 @@ Every member runs each basin's whole record in one pass (states spun up from day
     <var>            (member, basin, time) float32   smax, s, w, g, q, et, swe, tws (see VARIABLES)
     <var>_mean/_std  (basin, time)         float32   ensemble mean and spread (population std, ddof=0) over
                                                      the members that produce <var> (LSTM: no smax, s, g)
+    <var>_q05/_q95   (basin, time)         float32   5 and 95 % quantiles over those members (the 90 % interval)
     outside_training_range   (basin,)      bool      any attribute outside a member's training min..max
     attribute_outside_range  (basin, attribute) bool which ones
     invalid_values   (basin, input)        int32     NaN/inf count per input (forcing variables, attributes)

@@ -19,6 +19,7 @@ import zarr
 
 from rootzone.errors import RootzoneError
 from rootzone.experiment import Member
+from rootzone.metrics import INTERVAL
 from rootzone.safety import (
     PREDICTION_STORE_KEY,
     check_output_path,
@@ -41,6 +42,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 # what each kind of model (Config.model) produces; a member of another kind writes NaN into the rest
 MODEL_VARIABLES: dict[str, tuple[str, ...]] = {"hybrid": tuple(VARIABLES), "lstm": ("q", "et", "swe", "w", "tws")}
+QUANTILE_SUFFIXES = ("q05", "q95")  # <var>_q05 / <var>_q95: the members' 5-95 % interval (metrics.INTERVAL)
 COMPLETE_KEY = "prediction_complete"
 DONE_KEY = "chunks_done"
 JOB_KEY = PREDICTION_STORE_KEY  # "prediction_job": the attribute that marks a store as rootzone's prediction
@@ -104,6 +106,11 @@ def template(job: PredictionJob, ds: xr.Dataset, warmup: int) -> xr.Dataset:
                                         attrs={"units": units, "cell_methods": "member: standard_deviation",
                                                "long_name": f"ensemble spread (std over members, ddof=0) of "
                                                             f"{long_name}"})
+        for q, name in zip(INTERVAL, QUANTILE_SUFFIXES):
+            data[f"{v}_{name}"] = xr.DataArray(
+                da.full((nb, nt), np.nan, dtype=np.float32, chunks=(cb, ct)), dims=("basin", "time"),
+                attrs={"units": units, "cell_methods": f"member: quantile {q:g}",
+                       "long_name": f"{100 * q:g} % quantile over members (linear interpolation) of {long_name}"})
     na, ni = len(job.attributes), len(job.inputs) + 1
     flags = {
         "outside_training_range": (("basin",), (nb,), bool, "an attribute lies outside a member's training range"),

@@ -29,13 +29,15 @@ from rootzone.experiment import ExperimentDir
 from rootzone.metrics import METRICS
 from rootzone.report import ablation
 from rootzone.report import figures as rf
+from rootzone.report import maps as rm
 from rootzone.report import predictions as rp
 from rootzone.report import tables as rt
+from rootzone.report import uncertainty as ru
 from rootzone.safety import atomic_write_text
 
 
 def make_report(experiment: str, out: str | Path, predictions: str | None = None,
-                basins: list[str] | None = None) -> dict:
+                basins: list[str] | None = None, polygons: str | None = None, id_column: str | None = None) -> dict:
     """Write the report into ``out``; returns {"figures": [(file, caption)], "tables": [...], "skipped": [...],
     "notes": [...]} (notes: flags shown at the top of index.html, e.g. basins with more runoff than rain).
 
@@ -56,6 +58,8 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
     store = open_store(store_url) if store_url else None
     summary = rp.summarise_predictions(pred, trials) if pred is not None else None
     per_basin = rt.basin_table(table, summary.ensemble_metrics if summary else None)
+    map_ids = summary.basins if summary is not None else sorted({b for t in trials for b in t.metrics.smax_mean})
+    shapes = rm.read_polygons(polygons, map_ids, id_column) if polygons else None  # checked before writing
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(str(out / "metrics_members.csv"), rt.spreadsheet_safe(table).to_csv(index=False))
     atomic_write_text(str(out / "metrics_basins.csv"), rt.spreadsheet_safe(per_basin).to_csv(index=False))
@@ -83,15 +87,14 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
                            columns=[str(a) for a in store["attribute"].values])
         add(rf.smax_vs_attributes(out / "smax_vs_attributes.png", smax, att),
             "S_max against each basin attribute (aridity = PET/P first).")
-        if {"latitude", "longitude"} <= set(att.columns):
-            add(rf.smax_map(out / "smax_map.png", att["longitude"].to_numpy(), att["latitude"].to_numpy(), smax),
-                "S_max per basin at its location.")
-        else:
-            skipped.append("S_max map: the attributes hold no latitude/longitude")
+        figures.append(rm.smax_map(out, ids, smax, spread, att, shapes))
         if "true_smax" in store:
             spin = int(pred.attrs.get("warmup_days", 0)) if pred is not None else 0
             truth = store["true_smax"].sel(basin=ids).isel(time=slice(spin, None)).mean("time").values
             add(rf.smax_truth(out / "smax_truth.png", truth, smax), "Twin experiment: learned vs true S_max.")
+    elif has_smax:  # no store: the S_max map (on --polygons, else a ranked plot) without attributes
+        figures.append(rm.smax_map(out, ids, smax, spread, None, shapes))
+        skipped.append("S_max vs attributes, truth: experiment.json names no store")
     elif store is None:
         skipped.append("S_max vs attributes, map, truth: experiment.json names no store")
     extra_tables = ablation.add_to_report(out, trials, add, skipped)
@@ -114,8 +117,13 @@ def make_report(experiment: str, out: str | Path, predictions: str | None = None
         skipped.append("hydrographs, seasonal cycles, S_max seasonal dynamics: pass --predictions PRED.zarr "
                        "(from `rootzone predict`)")
     tables = ["metrics_members.csv", "metrics_basins.csv", *extra_tables]
+    u_figures, u_tables, extra, u_skipped = ru.add_uncertainty(out, pred, trials)
+    figures, tables, skipped = figures + u_figures, tables + u_tables, skipped + u_skipped
+    extra.insert(0, "<h2>Skill by cross-validation scheme</h2><p>temporal = gauged basins in unseen years; "
+                 "spatial = basins never seen in training (ungauged)</p>"
+                 + rt.scheme_table(table, trials, store).round(3).to_html())
     notes = [describe(flagged)] if store is not None and (flagged := external_water_basins(store)) else []
-    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped, notes)
+    _write_index(out, experiment, predictions, table, per_basin, figures, tables, skipped, notes, extra)
     return {"figures": figures, "tables": tables, "skipped": skipped, "notes": notes}
 
 
@@ -146,17 +154,18 @@ def _hydrograph(out: Path, pred, store, basin: str, stem: str) -> Path:
 
 def _write_index(out: Path, experiment: str, predictions: str | None, table: pd.DataFrame,
                  per_basin: pd.DataFrame, figures: list[tuple[str, str]], tables: list[str],
-                 skipped: list[str], notes: list[str] = ()) -> None:
+                 skipped: list[str], notes: list[str] | None = None, extra: list[str] | None = None) -> None:
     test = table[table["split"] == "test"]
     med = test.groupby("target")[list(METRICS)].median()
     parts = [f"<h1>rootzone report</h1><p>experiment <code>{html.escape(experiment)}</code>; "
              f"{test['member'].nunique()} trials, {test['basin'].nunique()} basins; predictions "
              f"<code>{html.escape(predictions or 'none')}</code></p>",
-             *(f"<p><b>Flag:</b> {html.escape(n)}</p>" for n in notes),
+             *(f"<p><b>Flag:</b> {html.escape(n)}</p>" for n in notes or []),
              "<h2>Test skill (median over basins and trials)</h2>", med.round(3).to_html()]
     if any(c.startswith("ensemble_") for c in per_basin.columns):
         ens = per_basin.groupby("target")[[f"ensemble_{m}" for m in METRICS]].median()
         parts += ["<h2>Cross-validated ensemble (median over basins)</h2>", ens.round(3).to_html()]
+    parts += extra or []
     parts.append("<h2>Tables</h2><ul>" + "".join(f'<li><a href="{t}">{t}</a></li>' for t in tables) + "</ul>")
     parts.append("<h2>Figures</h2>")
     for name, caption in figures:

@@ -2,7 +2,8 @@
 memory at once).
 
 The *cross-validated ensemble series* of a basin is, on each day, the mean of the members whose test block
-(metrics.json ``years.test``) holds that day: out-of-sample everywhere, NaN on days no member tests (and in
+(metrics.json ``years.test``) holds that day and, for spatial schemes, whose held-out basins
+(``cv.basins.test``) hold that basin: out-of-sample everywhere, NaN on days no member tests (and in
 the spin-up days ``in_warmup``). A monthly target (TWSA) is stitched from anomalies, not storages: each
 member's monthly model series and the observation are re-centred over that member's own test months (as
 :mod:`rootzone.evaluation` scores the test split), then the anomalies of the members testing a month are
@@ -60,9 +61,26 @@ def member_test_masks(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray
     return np.array(masks) & ~pred["in_warmup"].values[None, :]
 
 
+def member_test_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
+    """[members, N] bool: the basins each member held out (metrics.json ``cv.basins.test`` for spatial
+    schemes; every basin for temporal folds, whose members test every basin on their test years)."""
+    ids = [str(b) for b in pred["basin"].values]
+    by_name = {t.name: t for t in trials}
+    rows = []
+    for name in pred["member"].values:
+        t = by_name.get(str(name))
+        if t is None or t.metrics.scheme == "temporal":
+            rows.append(np.full(len(ids), t is not None))
+        else:
+            held = set(t.metrics.cv.get("basins", {}).get("test", []))
+            rows.append(np.array([b in held for b in ids]))
+    return np.array(rows).reshape(len(rows), len(ids))
+
+
 def cv_series(members: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """[M, B, T] member series and [M, T] test masks -> [B, T] mean over the members testing each day."""
-    w = masks[:, None, :].astype(np.float64)
+    """[M, B, T] member series and [M, T] (or per basin [M, B, T]) test masks -> [B, T] mean over the members
+    testing each day."""
+    w = (masks[:, None, :] if masks.ndim == 2 else masks).astype(np.float64)
     total = np.nansum(members * w, axis=0)
     count = (np.isfinite(members) * w).sum(axis=0)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
@@ -81,7 +99,8 @@ def month_masks(masks: np.ndarray, month_of_day: np.ndarray, n_months: int) -> n
 def cv_anomalies(members: np.ndarray, obs: np.ndarray, month_masks: np.ndarray, month_of_day: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Cross-validated anomalies of a monthly target: [M, B, T] daily member series (e.g. TWS), [B, K]
-    observed monthly values and [M, K] each member's test months -> (model, observed) anomalies [B, K].
+    observed monthly values and [M, K] (or per basin [M, B, K]) each member's test months -> (model, observed)
+    anomalies [B, K].
 
     Each member's monthly means and the observation are re-centred over the member's own test months where
     both are finite (:func:`rootzone.evaluation.anomalies`); a month is the mean of the anomalies of the
@@ -125,9 +144,9 @@ def summarise_predictions(pred: xr.Dataset, trials: list[TrialResult], chunk: in
     months = pd.DatetimeIndex(obs_store["month"].values)
     month_of_day = months.get_indexer(time.to_period("M").to_timestamp())
     masks = member_test_masks(pred, trials)
+    held = member_test_basins(pred, trials)  # [M, N]: spatial members test only the basins they held out
     spin = pred["in_warmup"].values
     chunk = chunk or int(pred.attrs.get("prediction_job", {}).get("chunk_basins", 256))
-    tested = masks.any(axis=0)  # [T] days some member tests
     month_test = month_masks(masks, month_of_day, len(months))
     targets = [t for t in TARGETS if t.name in obs_store and t.output in pred]
     smax, smax_std, smax_month, rows = [], [], [], []
@@ -149,14 +168,17 @@ def summarise_predictions(pred: xr.Dataset, trials: list[TrialResult], chunk: in
             clim = climatology(sm, time.month[~spin])
             smax_month.append(clim / np.nanmean(clim, axis=1, keepdims=True))
         o = obs_store.sel(basin=ids)
+        h = held[:, sl]
+        day_b = masks[:, None, :] & h[:, :, None]  # [M, B, T]
+        month_b = month_test[:, None, :] & h[:, :, None]
         for t in targets:
             ob = o[t.name].values.astype(np.float64)
             if t.monthly:  # stitched anomalies, centred already: score_basins' re-centring changes nothing
-                sim, ob = cv_anomalies(p[t.output].values, ob, month_test, month_of_day)
+                sim, ob = cv_anomalies(p[t.output].values, ob, month_b, month_of_day)
                 scores, cal = score_basins(sim, ob, t, basins=ids), months.month
             else:  # scored on the days some member tests (a non-finite simulation there fails the basin)
-                sim = cv_series(p[t.output].values, masks)
-                scores, cal = score_basins(sim, ob, t, tested, basins=ids), time.month
+                sim = cv_series(p[t.output].values, day_b)
+                scores, cal = score_basins(sim, ob, t, day_b.any(axis=0), basins=ids), time.month
             shown = np.isfinite(sim) & np.isfinite(ob)
             seasonal[t.name]["model"].append(climatology(np.where(shown, sim, np.nan), cal))
             seasonal[t.name]["obs"].append(climatology(np.where(shown, ob, np.nan), cal))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from rootzone.ensemble.aggregate import heldout_smax
+from rootzone.evaluation import recovery_figures
 from rootzone.experiment import TrialResult, metrics_rows
 from rootzone.metrics import METRICS
 
@@ -61,3 +63,30 @@ def representative_basins(basins: pd.DataFrame, n: int = 3) -> list[str]:
         return ids or basins["basin"].drop_duplicates().tolist()[:n]
     picks = [ids[-1], ids[len(ids) // 2], ids[0]] + ids[1 : n - 2] if n >= 3 else ids[-n:]
     return list(dict.fromkeys(picks))[:n]
+
+
+SCHEME_LABEL = {"temporal": "gauged (temporal CV)", "spatial": "ungauged (spatial CV)",
+                "spatiotemporal": "ungauged, unseen years (spatio-temporal CV)"}
+
+
+def scheme_table(table: pd.DataFrame, trials: list[TrialResult], store=None) -> pd.DataFrame:
+    """Gauged vs ungauged skill side by side: one column per cross-validation scheme among the trials, rows the
+    median test NSE and KGE per target (over basins and trials) and, for a twin store, the S_max recovery of
+    each basin from the members of that scheme that held it out (Pearson r, median |log ratio|, log slope)."""
+    test = table[table["split"] == "test"]
+    cols = {}
+    for scheme in sorted(set(test.get("cv", pd.Series(["temporal"]))), key=list(SCHEME_LABEL).index):
+        part = test[test["cv"] == scheme] if "cv" in test else test
+        col = {f"{t} {m.upper()}": float(g[m].median()) for t, g in part.groupby("target") for m in ("nse", "kge")}
+        members = [t for t in trials if t.metrics.scheme == scheme]
+        if store is not None and "true_smax" in store:
+            learned = heldout_smax(members)
+            ids = [str(b) for b in store["basin"].values if str(b) in learned]
+            if ids:
+                truth = store["true_smax"].sel(basin=ids).mean("time").values
+                rec = recovery_figures("smax", truth, pd.Series(learned)[ids].to_numpy())
+                for k in ("smax_pearson_r", "smax_median_abs_log_ratio", "smax_log_slope"):
+                    col[f"held-out {k}"] = rec.get(k, float("nan"))
+        col["trials"] = len(members)
+        cols[SCHEME_LABEL.get(scheme, scheme)] = col
+    return pd.DataFrame(cols)

@@ -1,0 +1,126 @@
+"""Is the ensemble calibrated? Probabilistic scores of the cross-validated ensemble for ``rootzone report``.
+
+Which members and days are scored: on each basin-day the ensemble is the members that did *not* train on it,
+i.e. whose test years hold the day (temporal folds) and whose held-out basins hold the basin (spatial and
+spatio-temporal folds); spin-up days (``in_warmup``) are left out. With ``predict --members all`` (folds ×
+seeds) that is the seeds of the fold testing the basin-day; with the default ``best`` (one member per fold) it
+is a single member, whose CRPS is its absolute error and whose interval is a point (coverage then ~0; the
+table says how many members each score used). Daily targets (Q, ET, SWE) are scored against the store's
+observations: per basin and target the mean CRPS, the coverage of the members' 5-95 % interval, the spread
+(root mean ensemble variance) and the RMSE of the ensemble mean (:func:`rootzone.metrics.ensemble_scores`).
+TWSA is an anomaly target (each member is re-centred on its own months) and is not scored here.
+
+Reading them: coverage of the 90 % interval near 0.9 and spread/RMSE near 1 mean a calibrated ensemble; lower
+values mean an over-confident ensemble (the members agree more than they are right), as is usual for a seed
+ensemble, which samples training noise but neither forcing nor observation error.
+
+Outputs: ``uncertainty.csv`` (basin, target, :data:`rootzone.metrics.ENSEMBLE_SCORES`), ``spread_skill.png``
+and an HTML section with the medians per target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from rootzone.data.schema import TARGETS, open_store  # noqa: E402
+from rootzone.experiment import TrialResult  # noqa: E402
+from rootzone.metrics import ENSEMBLE_SCORES, ensemble_scores  # noqa: E402
+from rootzone.report.predictions import member_test_basins, member_test_masks  # noqa: E402
+from rootzone.report.tables import spreadsheet_safe  # noqa: E402
+from rootzone.safety import atomic_write_text  # noqa: E402
+
+UNCERTAINTY_CSV = "uncertainty.csv"
+SPREAD_SKILL_PNG = "spread_skill.png"
+
+
+def uncertainty_table(pred: xr.Dataset, trials: list[TrialResult], chunk: int = 64) -> pd.DataFrame:
+    """One row per basin and daily target: :func:`rootzone.metrics.ensemble_scores` of the members that held
+    out each basin-day (the module docstring says which), streamed over basin chunks."""
+    store = open_store(pred.attrs["source_store"])
+    days = member_test_masks(pred, trials)  # [M, T]
+    held = member_test_basins(pred, trials)  # [M, N]
+    targets = [t for t in TARGETS if not t.monthly and t.name in store and t.output in pred]
+    rows = []
+    n = pred.sizes["basin"]
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(lo + chunk, n))
+        ids = [str(b) for b in pred["basin"].values[sl]]
+        mask = days[:, None, :] & held[:, sl, None]  # [M, B, T]
+        obs = store.sel(basin=ids)
+        for t in targets:
+            x = np.where(mask, pred[t.output].isel(basin=sl).values.astype(np.float64), np.nan)
+            y = obs[t.name].values.astype(np.float64)
+            for i, b in enumerate(ids):
+                rows.append({"basin": b, "target": t.name, **ensemble_scores(x[:, i], y[i])})
+    return pd.DataFrame(rows, columns=["basin", "target", *ENSEMBLE_SCORES])
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per target: median over basins of CRPS, spread/RMSE; coverage pooled over every scored basin-day; the
+    mean members per scored day and the scored basin-days."""
+    rows = {}
+    for t, g in table.dropna(subset=["crps"]).groupby("target"):
+        w = g["n_scored"].to_numpy(dtype=np.float64)
+        rows[t] = {"median CRPS": g["crps"].median(), "coverage 90 %": float(np.sum(g["coverage90"] * w) / w.sum()),
+                   "median spread/RMSE": g["spread_skill"].median(),
+                   "members per day": float(np.sum(g["members"] * w) / w.sum()), "basin-days": int(w.sum())}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def spread_skill_figure(path: Path, table: pd.DataFrame) -> Path:
+    """Left: per basin, spread (root mean ensemble variance) against the RMSE of the ensemble mean, per target
+    (on the 1:1 line a calibrated spread); right: the coverage of the 90 % interval per basin and target."""
+    ok = table.dropna(subset=["crps"])
+    targets = list(dict.fromkeys(ok["target"]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for t in targets:
+        g = ok[ok["target"] == t]
+        scale = max(float(g["rmse_mean"].max()), 1e-12)
+        a.scatter(g["rmse_mean"] / scale, g["spread"] / scale, s=14, alpha=0.7, label=t)
+    a.plot([0, 1], [0, 1], "k--", lw=1, label="1:1 (calibrated)")
+    a.set_xlabel("RMSE of the ensemble mean (÷ largest basin RMSE of the target)")
+    a.set_ylabel("ensemble spread (same scale)")
+    a.set_title("spread-skill per basin")
+    a.legend(fontsize=8)
+    data = [ok.loc[ok["target"] == t, "coverage90"].to_numpy() for t in targets]
+    if data:
+        b.boxplot(data, tick_labels=targets)
+    b.axhline(0.9, color="k", ls="--", lw=1)
+    b.axhspan(0.8, 0.98, color="green", alpha=0.08)
+    b.set_ylim(-0.02, 1.02)
+    b.set_ylabel("fraction of observations inside the 5-95 % interval")
+    b.set_title("coverage of the 90 % interval (per basin)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def add_uncertainty(out: Path, pred: xr.Dataset | None, trials: list[TrialResult]) -> tuple[
+        list[tuple[str, str]], list[str], list[str], list[str]]:
+    """Write ``uncertainty.csv`` and ``spread_skill.png`` into the report folder ``out`` (with predictions).
+    Returns (figures [(file, caption)], tables, HTML parts, skipped lines) for the index."""
+    if pred is None:
+        return [], [], [], ["ensemble calibration (CRPS, 90 % interval coverage, spread-skill): pass --predictions"]
+    table = uncertainty_table(pred, trials)
+    if table["crps"].notna().sum() == 0:
+        return [], [], [], ["ensemble calibration: no basin-day has an observation and a member that held it out"]
+    atomic_write_text(str(out / UNCERTAINTY_CSV), spreadsheet_safe(table).to_csv(index=False))
+    spread_skill_figure(out / SPREAD_SKILL_PNG, table)
+    med = summary(table)
+    caption = ("Spread-skill and 90 % interval coverage of the cross-validated ensemble (members that held out "
+               "each basin-day; spin-up days excluded). Points below the 1:1 line and coverage under 0.9 mean an "
+               "over-confident ensemble.")
+    part = ("<h2>Ensemble calibration (cross-validated members, test days)</h2><p>On each basin-day the ensemble "
+            "is the members that did not train on it (their test years and held-out basins); daily targets "
+            "only. CRPS in the target's units (lower is better; one member: the absolute error); coverage near "
+            "0.9 and spread/RMSE near 1 mean a calibrated ensemble.</p>" + med.round(3).to_html())
+    return [(SPREAD_SKILL_PNG, caption)], [UNCERTAINTY_CSV], [part], []
