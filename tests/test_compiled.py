@@ -68,3 +68,20 @@ def test_compiled_spinup_matches_eager():
 def test_auto_resolves_to_a_cpu_path():
     assert resolve("auto", torch.device("cpu")) in ("compiled", "eager")
     assert resolve("eager", torch.device("cpu")) == "eager"
+
+
+def test_many_guard_sets_in_one_process_do_not_fail():
+    """A long-lived process (a test session, a tuning driver) runs the one compiled daily step under more
+    guard sets than torch's default recompile limit of 8 (grad / no-grad / inference mode x float32 / float64 x
+    parameters with and without gradient x batch sizes): every call must still run, and equal the reference."""
+    import itertools
+
+    torch._dynamo.reset()
+    modes = (torch.enable_grad, torch.no_grad, torch.inference_mode)
+    for mode, dtype, grad, b in itertools.product(modes, (torch.float32, torch.float64), (True, False), (3, 5)):
+        forcing, params, state0 = (x.to(dtype) for x in _case(b, t=5))
+        params.requires_grad_(grad and mode is torch.enable_grad)
+        with mode():
+            got = compiled(forcing, params, state0)
+            want = run_buckets(forcing, params, state0)
+        torch.testing.assert_close(got.q, want.q)

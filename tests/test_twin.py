@@ -9,7 +9,7 @@ from rootzone.train import train_trial
 
 def test_training_recovers_the_twin(tiny_store, tmp_path):
     base = dict(store=tiny_store, folds=3, seq_len=400, warmup_days=120, hidden_size=16, batch_size=6,
-                physics="eager", progress=False, lr=1e-2, patience=50)
+                physics="eager", progress=False, lr=1e-2, patience=50, threads=1)
     untrained = train_trial(Config(out=str(tmp_path / "u"), epochs=1, batches_per_epoch=1, lr=1e-9,
                                    **{k: v for k, v in base.items() if k != "lr"}))
     # an epoch is one pass over the 6 basins (one batch of 6); every window starts from the stored storages

@@ -13,6 +13,8 @@ from torch import Tensor
 from rootzone.errors import ConfigError
 from rootzone.physics import equations as eq
 
+RECOMPILE_LIMIT = 64  # guard sets of the compiled daily step (grad modes x dtypes x shapes x devices)
+
 
 def resolve(physics: str, device: torch.device) -> str:
     """The concrete implementation for a config value and a device."""
@@ -63,7 +65,14 @@ def run_physics(forcing: Tensor, params: Tensor, impl: str = "eager", state0: Te
     if impl == "eager":
         return eq.run_buckets(forcing, params, state0)
     if impl == "compiled":
-        return eq.run_buckets(forcing, params, state0, step=_compiled_step())
+        # one compiled daily step serves the whole process: training (grad), the no-grad record passes and
+        # prediction (inference mode), float32 and float64, several batch shapes; each combination is a guard
+        # set of its own, which can exceed torch's default of 8 recompiles in a long-lived process (a tuning
+        # driver, a test session) and fullgraph=True would then fail hard
+        import torch._dynamo
+
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return eq.run_buckets(forcing, params, state0, step=_compiled_step())
     if impl == "fused":
         from rootzone.physics.fused import run_buckets_fused
 
