@@ -117,3 +117,67 @@ def test_predictive_crps_against_brute_force(seed, n_members):
     np.testing.assert_allclose(got["crps_predictive"], np.mean(ref), rtol=1e-9)
     lo, hi = cal.predictive_interval(sample[:, days])
     assert got["coverage90_predictive"] == np.mean((obs[days] >= lo) & (obs[days] <= hi))
+
+
+# ---------------------------------------------------------------------------------------------- integration
+def test_prediction_store_holds_the_predictive_interval(tmp_path_factory):
+    """``<var>_p05/_p95`` for Q, ET, SWE (not S_max): non-negative, ordered, and equal to the members plus
+    their residual quantiles on their validation years (recomputed here from metrics.json)."""
+    import json
+
+    import pandas as pd
+    import xarray as xr
+    from test_predict import cached_experiment, cached_prediction
+
+    exp = cached_experiment(tmp_path_factory)
+    pred = xr.open_zarr(cached_prediction(tmp_path_factory, exp)).load()
+    assert "smax_p05" not in pred and "q_q05" in pred
+    source = xr.open_zarr(pred.attrs["source_store"])
+    years = pd.DatetimeIndex(pred["time"].values).year
+    for v in ("q", "et", "swe"):
+        lo, hi = pred[f"{v}_p05"].values, pred[f"{v}_p95"].values
+        ok = np.isfinite(lo)
+        assert ok[:, ~pred["in_warmup"].values].all()
+        assert (lo[ok] >= 0).all() and (hi[ok] >= lo[ok]).all()
+    v = "q"
+    x = pred[v].values.astype(np.float64)  # [M, N, T]
+    obs = source[v].values.astype(np.float64)
+    rq = []
+    for m in pred["member"].values:
+        meta = json.loads((exp / "trials" / str(m) / "metrics.json").read_text())
+        days = np.isin(years, meta["years"]["validation"]) & ~pred["in_warmup"].values
+        rq.append(cal.residual_quantiles(x[list(pred["member"].values).index(m)], obs,
+                                         np.broadcast_to(days, obs.shape)))
+    ref_lo, ref_hi = cal.predictive_interval(cal.predictive_sample(x, np.stack(rq)))
+    np.testing.assert_allclose(pred["q_p05"].values, ref_lo, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred["q_p95"].values, ref_hi, rtol=1e-5, atol=1e-5)
+    # wider than the members' interval (the members agree more than they are right)
+    assert np.nanmean(ref_hi - ref_lo) > np.nanmean(pred["q_q95"].values - pred["q_q05"].values)
+
+
+def test_report_and_summary_hold_predictive_scores(tmp_path_factory, tmp_path):
+    import json
+
+    import pandas as pd
+    from test_predict import cached_experiment, cached_prediction
+
+    from rootzone.cli import main
+    from rootzone.ensemble.run import aggregate
+
+    exp = cached_experiment(tmp_path_factory)
+    pred = cached_prediction(tmp_path_factory, exp)
+    out = tmp_path / "report"
+    assert main(["report", "--experiment", str(exp), "--predictions", str(pred), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "uncertainty.csv")
+    scored = table.dropna(subset=["crps"])
+    assert scored["coverage90_predictive"].between(0, 1).all() and (scored["crps_predictive"] > 0).all()
+    assert "coverage 90 % (predictive)" in (out / "index.html").read_text()
+    import shutil
+
+    copy = tmp_path / "exp"  # the cached experiment is shared with other tests: aggregate a copy
+    shutil.copytree(exp / "trials", copy / "trials")
+    shutil.copy(exp / "experiment.json", copy / "experiment.json")
+    aggregate(str(copy))
+    u = json.loads((copy / "summary.json").read_text())["uncertainty"]["q"]
+    assert 0 <= u["coverage90_predictive"] <= 1 and u["crps_predictive_median"] > 0
+    assert u["coverage90_predictive"] >= u["coverage90"]  # one member per fold: its interval is a point
