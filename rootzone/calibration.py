@@ -11,17 +11,21 @@ pooled with equal weight over the members. ``transform(x) = sqrt(max(x, 0) + OFF
 of the daily fluxes (errors of Q grow with Q; square-root rather than log so that zero flows and snow-free days
 keep a finite, moderate weight), and ``inverse(z) = max(z, 0)² - OFFSET`` clipped at 0, so every predictive
 value is non-negative (mm/d or mm). Residual distributions are empirical: :data:`LEVELS` (K equally spaced
-mid-point probabilities) quantiles of the residuals, no Gaussian assumption. Per basin when the member has at
-least :data:`MIN_DAYS` finite validation observations of that basin (temporal folds: the basin's validation
-years), else pooled over every validation basin-day of the member (spatial folds: a held-out basin is never
-a validation basin, so its residuals come from the member's validation basins).
+mid-point probabilities) quantiles of the residuals, no Gaussian assumption, in two classes of the member's
+simulated value (:func:`classes`: below :data:`ACTIVE` = 0.1 mm or mm/d, e.g. snow-free or dry, and above), so
+that the many exact zeros of snow-free days do not shrink the interval of snow days. Per basin and class when
+the member has at least :data:`MIN_DAYS` finite validation observations of that basin in that class
+(temporal folds: the basin's validation years), else pooled over every validation basin-day of the member in
+that class (spatial folds: a held-out basin is never a validation basin, so its residuals come from the
+member's validation basins).
 
 The predictive sample of a basin-day is then the M × K values ``inverse(transform(sim_m) + q_mk)``: an equally
 weighted finite distribution whose 5/95 % quantiles give the predictive 90 % interval and whose CRPS is
 computed exactly (:func:`rootzone.metrics.crps_ensemble`); as K grows it converges to the CRPS of the
 continuous mixture.
 
-Shapes: ``sim``/``obs``/``valid`` [B, T] (basins, days); residual quantiles [B, K]; members [M, ...].
+Shapes: ``sim``/``obs``/``valid`` [B, T] (basins, days); residual quantiles [B, N_CLASSES, K]; members
+[M, ...].
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ K = 50  # residual quantile levels per member
 LEVELS = (np.arange(K) + 0.5) / K  # mid-point probabilities: an equally weighted K-point residual sample
 MIN_DAYS = 100  # a basin's own residual quantiles need this many validation observations, else pooled
 MAX_POOLED = 200_000  # pooled residuals kept per member (every n-th, deterministic) to bound memory
+ACTIVE = 0.1  # target units: a simulated value >= ACTIVE is "active" (flowing, evaporating, snow on the ground)
+N_CLASSES = 2  # residual classes by the member's simulated value: 0 = below ACTIVE (e.g. snow-free), 1 = active
+
+
+def classes(sim: np.ndarray) -> np.ndarray:
+    """Residual class of each simulated value (int [same shape]): 1 where sim >= :data:`ACTIVE`, else 0 (NaN:
+    0). SWE is zero half the year; without the split its residual quantiles are dominated by exact zeros of
+    snow-free days and the interval of snow days collapses."""
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(sim) >= ACTIVE).astype(np.int64)
 
 
 def transform(x: np.ndarray) -> np.ndarray:
@@ -44,10 +58,16 @@ def transform(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(np.asarray(x, dtype=np.float64), 0.0) + OFFSET)
 
 
+ROUND_OFF = 1e-9  # back-transformed values below this are exact zeros (sqrt(OFFSET)² - OFFSET is not 0 in floats)
+
+
 def inverse(z: np.ndarray) -> np.ndarray:
-    """Back-transform of :func:`transform`, clipped at 0 (non-negative fluxes and SWE)."""
+    """Back-transform of :func:`transform`, clipped at 0 (non-negative fluxes and SWE); round-off of the
+    transform (< :data:`ROUND_OFF`) gives exact zeros, so an observed 0 lies inside an interval that starts
+    at a simulated 0."""
     z = np.maximum(np.asarray(z, dtype=np.float64), 0.0)
-    return np.maximum(z * z - OFFSET, 0.0)
+    v = z * z - OFFSET
+    return np.where(v < ROUND_OFF, 0.0, v)
 
 
 def residuals(sim: np.ndarray, obs: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -59,48 +79,61 @@ def residuals(sim: np.ndarray, obs: np.ndarray, valid: np.ndarray) -> np.ndarray
 
 
 class ResidualPool:
-    """Residual quantiles of one member, accumulated over basin chunks: per basin where it has
-    >= ``min_days`` validation residuals, else the member's pooled quantiles (:meth:`quantiles`)."""
+    """Residual quantiles of one member, accumulated over basin chunks, per residual class (:func:`classes` of
+    the member's simulation): a basin's own quantiles where it has >= ``min_days`` validation residuals of that
+    class, else the member's quantiles of that class pooled over its validation basins, else (a class the
+    member never saw on validation data) pooled over both classes (:meth:`quantiles`)."""
 
     def __init__(self, n_basins: int, min_days: int = MIN_DAYS) -> None:
-        self.own = np.full((n_basins, K), np.nan)
-        self.count = np.zeros(n_basins, dtype=np.int64)
-        self.pooled: list[np.ndarray] = []
+        self.own = np.full((n_basins, N_CLASSES, K), np.nan)
+        self.count = np.zeros((n_basins, N_CLASSES), dtype=np.int64)
+        self.pooled: list[list[np.ndarray]] = [[] for _ in range(N_CLASSES)]
         self.min_days = min_days
 
-    def add(self, lo: int, res: np.ndarray) -> None:
-        """Residuals ``res`` [B, T] (NaN = not a validation observation) of basins lo..lo+B."""
-        for i, r in enumerate(res):
-            r = r[np.isfinite(r)]
-            self.count[lo + i] = r.size
-            if r.size >= self.min_days:
-                self.own[lo + i] = np.quantile(r, LEVELS)
-            if r.size:
-                self.pooled.append(r[:: max(1, r.size * len(res) // MAX_POOLED)])
+    def add(self, lo: int, res: np.ndarray, cls: np.ndarray | None = None) -> None:
+        """Residuals ``res`` [B, T] (NaN = not a validation observation) of basins lo..lo+B and their classes
+        ``cls`` [B, T] (default all 1)."""
+        cls = np.ones(res.shape, dtype=np.int64) if cls is None else np.asarray(cls)
+        for i in range(res.shape[0]):
+            for c in range(N_CLASSES):
+                r = res[i][(cls[i] == c) & np.isfinite(res[i])]
+                self.count[lo + i, c] = r.size
+                if r.size >= self.min_days:
+                    self.own[lo + i, c] = np.quantile(r, LEVELS)
+                if r.size:
+                    self.pooled[c].append(r[:: max(1, r.size * res.shape[0] // MAX_POOLED)])
 
     def quantiles(self) -> np.ndarray:
-        """[N, K]: each basin's residual quantiles (own or pooled); NaN rows when the member has no
-        validation residual at all."""
+        """[N, N_CLASSES, K]: each basin's residual quantiles per class (own or pooled); NaN where the member has
+        no validation residual at all."""
         out = self.own.copy()
-        few = self.count < self.min_days
-        if few.any():
-            pool = np.concatenate(self.pooled) if self.pooled else np.empty(0)
-            out[few] = np.quantile(pool, LEVELS) if pool.size else np.nan
+        pools = [np.concatenate(p) if p else np.empty(0) for p in self.pooled]
+        every = np.concatenate(pools)
+        for c in range(N_CLASSES):
+            few = self.count[:, c] < self.min_days
+            if not few.any():
+                continue
+            pool = pools[c] if pools[c].size >= self.min_days else every
+            out[few, c] = np.quantile(pool, LEVELS) if pool.size else np.nan
         return out
 
 
 def residual_quantiles(sim: np.ndarray, obs: np.ndarray, valid: np.ndarray, min_days: int = MIN_DAYS) -> np.ndarray:
-    """[B, K] residual quantiles of one member from its whole validation set in one go (see
+    """[B, N_CLASSES, K] residual quantiles of one member from its whole validation set in one go (see
     :class:`ResidualPool`)."""
     pool = ResidualPool(np.asarray(sim).shape[0], min_days)
-    pool.add(0, residuals(sim, obs, valid))
+    pool.add(0, residuals(sim, obs, valid), classes(sim))
     return pool.quantiles()
 
 
 def predictive_sample(sims: np.ndarray, rq: np.ndarray) -> np.ndarray:
-    """Members' series ``sims`` [M, ..., T] and their residual quantiles ``rq`` [M, ..., K] -> the predictive
-    sample [M * K, ..., T] (NaN where the member's series or its residuals are missing)."""
-    z = transform(sims)[:, None] + np.moveaxis(rq, -1, 1)[..., None]  # [M, K, ..., T]
+    """Members' series ``sims`` [M, ..., T] and their residual quantiles ``rq`` [M, ..., N_CLASSES, K] -> the
+    predictive sample [M * K, ..., T]: each day uses the quantiles of its simulated value's class (NaN where
+    the member's series or its residuals are missing)."""
+    sims = np.asarray(sims, dtype=np.float64)
+    per_class = np.moveaxis(np.asarray(rq, dtype=np.float64), -1, 1)  # [M, K, ..., N_CLASSES]
+    picked = np.take_along_axis(per_class, classes(sims)[:, None], axis=-1)  # [M, K, ..., T]
+    z = transform(sims)[:, None] + picked  # [M, K, ..., T]
     with np.errstate(invalid="ignore"):
         y = np.where(np.isfinite(sims)[:, None], inverse(z), np.nan)
     y = np.where(np.isfinite(z), y, np.nan)
@@ -120,7 +153,8 @@ PREDICTIVE_SCORES = ("crps_predictive", "coverage90_predictive", "width90_predic
 
 def predictive_scores(sims: np.ndarray, rq: np.ndarray, obs: np.ndarray, valid: np.ndarray | None = None
                       ) -> dict[str, float]:
-    """One basin: members [M, T] (NaN = absent that day), their residual quantiles [M, K], observations [T],
+    """One basin: members [M, T] (NaN = absent that day), their residual quantiles [M, N_CLASSES, K],
+    observations [T],
     scored entries ``valid`` [T]: mean exact CRPS of the predictive sample, fraction of observations inside its
     5-95 % interval, mean interval width. NaN when nothing is scored."""
     x, y = np.asarray(sims, dtype=np.float64), np.asarray(obs, dtype=np.float64)
@@ -139,7 +173,8 @@ def predictive_scores(sims: np.ndarray, rq: np.ndarray, obs: np.ndarray, valid: 
 
 def member_residual_quantiles(read_sim, read_obs, n_basins: int, day_mask: np.ndarray, basin_mask: np.ndarray,
                               chunk: int = 64) -> np.ndarray:
-    """[M, N, K] residual quantiles of every member from its validation data only, streamed over basin chunks.
+    """[M, N, N_CLASSES, K] residual quantiles of every member from its validation data only, streamed over
+    basin chunks.
 
     read_sim(lo, hi) -> [M, B, T] the members' series of basins lo..hi; read_obs(lo, hi) -> [B, T] their
     observations; ``day_mask`` [M, T] the member's validation days (spin-up excluded) and ``basin_mask`` [M, N]
@@ -152,5 +187,5 @@ def member_residual_quantiles(read_sim, read_obs, n_basins: int, day_mask: np.nd
         sims, obs = read_sim(lo, hi), read_obs(lo, hi)
         for m, pool in enumerate(pools):
             valid = day_mask[m][None, :] & basin_mask[m, lo:hi, None]
-            pool.add(lo, residuals(sims[m], obs, valid))
-    return np.stack([p.quantiles() for p in pools]).reshape(len(pools), n_basins, K)
+            pool.add(lo, residuals(sims[m], obs, valid), classes(sims[m]))
+    return np.stack([p.quantiles() for p in pools]).reshape(len(pools), n_basins, N_CLASSES, K)

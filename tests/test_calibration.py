@@ -29,6 +29,7 @@ def test_transform_roundtrip_and_nonnegative():
     x = np.array([0.0, 0.005, 1.0, 37.5, 1e3])
     np.testing.assert_allclose(cal.inverse(cal.transform(x)), x, atol=1e-12)
     assert (cal.inverse(np.array([-3.0, 0.0, 0.05])) == 0).all()
+    assert cal.inverse(cal.transform(np.zeros(3)) + 0.0).tolist() == [0.0, 0.0, 0.0]  # exact zeros, no round-off
 
 
 def test_predictive_coverage_on_held_out_days():
@@ -77,18 +78,34 @@ def test_residuals_from_validation_days_only():
 def test_pooled_quantiles_for_basins_without_validation_data():
     """Spatial folds: a held-out basin has no validation days of its own -> the member's pooled quantiles."""
     rng = np.random.default_rng(3)
-    sim = rng.gamma(1.0, 1.0, size=(3, 400))
-    obs = sim * 1.1
+    sim = rng.gamma(1.0, 1.0, size=(3, 400)) + cal.ACTIVE  # every day active (class 1)
+    obs = sim * rng.uniform(0.8, 1.3, size=sim.shape)
     valid = np.zeros_like(sim, dtype=bool)
     valid[0] = True  # validation basin
     valid[1, :50] = True  # too few (< MIN_DAYS) of its own
-    rq = cal.residual_quantiles(sim, obs, valid)
+    rq = cal.residual_quantiles(sim, obs, valid)  # [B, classes, K]
     r0 = cal.residuals(sim[:1], obs[:1], valid[:1]).ravel()
     r1 = cal.residuals(sim[1:2], obs[1:2], valid[1:2]).ravel()
-    np.testing.assert_allclose(rq[0], np.quantile(r0[np.isfinite(r0)], cal.LEVELS))
+    np.testing.assert_allclose(rq[0, 1], np.quantile(r0[np.isfinite(r0)], cal.LEVELS))
     pooled = np.quantile(np.concatenate([r0[np.isfinite(r0)], r1[np.isfinite(r1)]]), cal.LEVELS)
-    np.testing.assert_allclose(rq[1], pooled)
-    np.testing.assert_allclose(rq[2], pooled)
+    np.testing.assert_allclose(rq[1, 1], pooled)
+    np.testing.assert_allclose(rq[2, 1], pooled)
+    np.testing.assert_allclose(rq[:, 0], np.broadcast_to(pooled, rq[:, 0].shape))  # class never seen: all
+
+
+def test_snow_free_days_do_not_collapse_the_interval_of_snow_days():
+    """SWE-like series: half the days exactly zero in both; the snow days' interval comes from snow days."""
+    rng = np.random.default_rng(4)
+    truth = np.where(np.arange(3000) % 365 < 180, rng.gamma(2.0, 30.0, size=3000), 0.0)[None]
+    e = rng.normal(0.0, 0.8, size=truth.shape)
+    sim = cal.inverse(cal.transform(truth) + e)
+    sim[truth == 0] = 0.0
+    val = np.arange(3000) < 1000
+    rq = cal.residual_quantiles(sim, truth, np.broadcast_to(val, truth.shape))
+    lo, hi = cal.predictive_interval(cal.predictive_sample(sim[None], rq[None]))
+    snow = (truth[0] > 0) & ~val
+    inside = (truth[0] >= lo[0]) & (truth[0] <= hi[0])
+    assert 0.85 <= inside[snow].mean() <= 0.95, inside[snow].mean()
 
 
 def _crps_brute(sample: np.ndarray, y: float) -> float:
@@ -109,7 +126,8 @@ def test_predictive_crps_against_brute_force(seed, n_members):
     sims[0, 1] = np.nan  # a member absent on a day
     obs = rng.gamma(1.0, 2.0, size=5)
     obs[3] = 0.0
-    rq = np.sort(rng.normal(0, 0.3, size=(n_members, cal.K)), axis=1)
+    rq = np.sort(rng.normal(0, 0.3, size=(n_members, cal.N_CLASSES, cal.K)), axis=-1)
+    sims[-1, 2] = 0.01  # a near-zero day: class 0
     got = cal.predictive_scores(sims, rq, obs)
     sample = cal.predictive_sample(sims, rq)
     days = [d for d in range(5) if np.isfinite(sample[:, d]).any()]  # one member: day 1 has none

@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from rootzone.calibration import ResidualPool, predictive_scores, residuals
+from rootzone.calibration import ResidualPool, classes, predictive_scores, residuals
 from rootzone.data import schema
 from rootzone.evaluation import TWSA_PARTS, monthly_mean, score_basins, twsa_components
 from rootzone.experiment import (
@@ -129,7 +129,7 @@ def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> d
 
 
 def _residual_quantiles(built: list, targets: list, chunk: int) -> dict[str, np.ndarray]:
-    """Daily target -> [members, N, K] residual quantiles of each member on its validation days and basins
+    """Daily target -> [members, N, classes, K] residual quantiles of each member on its validation days and basins
     (:func:`rootzone.calibration.member_residual_quantiles`; a pass of the members over the whole record)."""
     data0 = built[0][0]
     daily = [t for t in targets if not t.monthly]
@@ -146,7 +146,7 @@ def _residual_quantiles(built: list, targets: list, chunk: int) -> dict[str, np.
                 for t in daily:
                     sim = t.model_series(o.buckets).double().cpu().numpy()
                     obs = batch.obs[t.name].double().numpy()
-                    pools[t.name][m].add(lo, residuals(sim, obs, days[None, :] & held[:, None]))
+                    pools[t.name][m].add(lo, residuals(sim, obs, days[None, :] & held[:, None]), classes(sim))
     return {name: np.stack([p.quantiles() for p in ps]) for name, ps in pools.items()}
 
 
