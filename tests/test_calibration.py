@@ -188,7 +188,9 @@ def test_report_and_summary_hold_predictive_scores(tmp_path_factory, tmp_path):
     assert main(["report", "--experiment", str(exp), "--predictions", str(pred), "--out", str(out)]) == 0
     table = pd.read_csv(out / "uncertainty.csv")
     scored = table.dropna(subset=["crps"])
-    assert scored["coverage90_predictive"].between(0, 1).all() and (scored["crps_predictive"] > 0).all()
+    assert scored["coverage90_predictive"].between(0, 1).all() and (scored["crps_predictive"] >= 0).all()
+    q = scored[scored["target"] == "q"]  # snow-free basins: SWE 0 observed and simulated, CRPS exactly 0
+    assert (q["crps_predictive"] > 0).all() and (q["crps_predictive"] < q["crps"]).mean() > 0.5
     assert "coverage 90 % (predictive)" in (out / "index.html").read_text()
     import shutil
 
