@@ -201,3 +201,19 @@ def test_report_and_summary_hold_predictive_scores(tmp_path_factory, tmp_path):
     u = json.loads((copy / "summary.json").read_text())["uncertainty"]["q"]
     assert 0 <= u["coverage90_predictive"] <= 1 and u["crps_predictive_median"] > 0
     assert u["coverage90_predictive"] >= u["coverage90"]  # one member per fold: its interval is a point
+
+
+def test_store_started_before_the_predictive_interval_is_left_alone(tmp_path):
+    """A prediction store created before ``<var>_p05/_p95`` existed (resumed): nothing written, no error."""
+    import zarr
+
+    from rootzone.predict.predictive import write_predictive_interval
+    from rootzone.predict.store import PredictionJob
+
+    out = tmp_path / "old.zarr"
+    group = zarr.open_group(str(out), mode="w")
+    group.create_array("q", shape=(2, 3, 4), dtype="float32", fill_value=np.nan)
+    before = sorted(group.array_keys())
+    job = PredictionJob(str(tmp_path / "exp"), str(tmp_path / "missing.zarr"), str(out), [], ["q"], 3, 3)
+    write_predictive_interval(job)  # would fail on the missing experiment and store if it tried to read them
+    assert sorted(zarr.open_group(str(out), mode="r").array_keys()) == before
