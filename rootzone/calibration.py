@@ -141,7 +141,11 @@ def predictive_sample(sims: np.ndarray, rq: np.ndarray) -> np.ndarray:
 
 
 def predictive_interval(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """5 and 95 % quantiles (:data:`rootzone.metrics.INTERVAL`) over axis 0 of a predictive sample."""
+    """5 and 95 % quantiles (:data:`rootzone.metrics.INTERVAL`) over axis 0 of a predictive sample (NaN values
+    are absent; numpy's fast path when there is none)."""
+    if np.isfinite(sample).all():
+        lo, hi = np.quantile(sample, INTERVAL, axis=0)
+        return lo, hi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # entries without any member
         lo, hi = np.nanquantile(sample, INTERVAL, axis=0)
@@ -164,11 +168,20 @@ def predictive_scores(sims: np.ndarray, rq: np.ndarray, obs: np.ndarray, valid: 
         ok &= np.asarray(valid, dtype=bool)
     if not ok.any():
         return dict.fromkeys(PREDICTIVE_SCORES, float("nan"))
-    s, y = sample[:, ok], y[ok]
-    lo, hi = predictive_interval(s)
-    return {"crps_predictive": float(np.mean(crps_ensemble(s, y))),
-            "coverage90_predictive": float(np.mean((y >= lo) & (y <= hi))),
-            "width90_predictive": float(np.mean(hi - lo))}
+    crps, inside, width = [], [], []
+    present = np.isfinite(x[:, ok])  # [M, n]: which members each scored day has
+    patterns, which = np.unique(present, axis=1, return_inverse=True)
+    for g in range(patterns.shape[1]):  # days sharing their members: a NaN-free sample, numpy's fast paths
+        days = np.flatnonzero(ok)[np.ravel(which) == g]
+        s = predictive_sample(x[patterns[:, g]][:, days], np.asarray(rq)[patterns[:, g]])
+        s = s[np.isfinite(s).all(axis=1)]
+        lo, hi = predictive_interval(s)
+        crps.append(crps_ensemble(s, y[days]))
+        inside.append((y[days] >= lo) & (y[days] <= hi))
+        width.append(hi - lo)
+    return {"crps_predictive": float(np.mean(np.concatenate(crps))),
+            "coverage90_predictive": float(np.mean(np.concatenate(inside))),
+            "width90_predictive": float(np.mean(np.concatenate(width)))}
 
 
 def member_residual_quantiles(read_sim, read_obs, n_basins: int, day_mask: np.ndarray, basin_mask: np.ndarray,
