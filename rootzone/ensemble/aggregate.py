@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from rootzone.calibration import ResidualPool, classes, predictive_scores, residuals
 from rootzone.data import schema
 from rootzone.evaluation import TWSA_PARTS, monthly_mean, score_basins, twsa_components
 from rootzone.experiment import (
@@ -79,6 +80,7 @@ def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> d
     ``probabilistic`` (filled when given): daily target -> basin -> ensemble scores of the members."""
     data0 = built[0][0]
     targets = [schema.target(t) for t in data0.targets]
+    rq = _residual_quantiles(built, targets, chunk) if probabilistic is not None else {}
     min_obs = getattr(data0.cfg, "min_obs", None)
     has_twsa = "twsa" in data0.targets
     per: dict[str, dict[str, dict]] = {t: {} for t in [*data0.targets, *(TWSA_PARTS if has_twsa else ())]}
@@ -114,7 +116,9 @@ def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> d
                 if probabilistic is not None and not t.monthly:
                     x = np.stack(each[t.output])[:, keep]
                     for i, b in enumerate(ids):
-                        probabilistic.setdefault(t.name, {})[b] = ensemble_scores(x[:, i], obs[i], day_mask)
+                        probabilistic.setdefault(t.name, {})[b] = {
+                            **ensemble_scores(x[:, i], obs[i], day_mask),
+                            **predictive_scores(x[:, i], rq[t.name][:, basins[keep][i]], obs[i], day_mask)}
             if has_twsa:
                 calendar = data0.months[batch.months].month.to_numpy()
                 parts = twsa_components(sims["twsa"], batch.obs["twsa"].double().numpy()[keep], calendar, month_mask,
@@ -122,6 +126,28 @@ def _score_mean(built: list, chunk: int, probabilistic: dict | None = None) -> d
                 for name, scores in parts.items():
                     per[name].update(scores)
     return per
+
+
+def _residual_quantiles(built: list, targets: list, chunk: int) -> dict[str, np.ndarray]:
+    """Daily target -> [members, N, classes, K] residual quantiles of each member on its validation days and basins
+    (:func:`rootzone.calibration.member_residual_quantiles`; a pass of the members over the whole record)."""
+    data0 = built[0][0]
+    daily = [t for t in targets if not t.monthly]
+    pools = {t.name: [ResidualPool(data0.n_basins) for _ in built] for t in daily}
+    with torch.no_grad():
+        for lo in range(0, data0.n_basins, chunk):
+            basins = np.arange(lo, min(lo + chunk, data0.n_basins))
+            for m, (data, model, dev) in enumerate(built):
+                batch = data.load(basins, 0, data.n_days).to(dev)
+                o = model.run_record(batch.x_dynamic, batch.x_static, batch.forcing, data.cfg.spinup_cycles)[0]
+                batch = batch.to(torch.device("cpu"))
+                days = data.masks(batch, "validation", 0)[0].numpy()
+                held = data.split.basin_mask("validation", data.n_basins)[basins]
+                for t in daily:
+                    sim = t.model_series(o.buckets).double().cpu().numpy()
+                    obs = batch.obs[t.name].double().numpy()
+                    pools[t.name][m].add(lo, residuals(sim, obs, days[None, :] & held[:, None]), classes(sim))
+    return {name: np.stack([p.quantiles() for p in ps]) for name, ps in pools.items()}
 
 
 def heldout_smax(members: list[TrialResult]) -> dict[str, float]:
@@ -170,6 +196,13 @@ def uncertainty_summary(uncertainty: dict) -> dict[str, dict[str, float]]:
                   "spread_skill_median": _nanmedian([r["spread_skill"] for r in rows]),
                   "members_per_day": float(np.sum([r["members"] for r in rows] * w) / w.sum()),
                   "basin_days": int(w.sum())}
+        pred = [r for r in rows if np.isfinite(r.get("crps_predictive", np.nan))]
+        if pred:  # the calibrated predictive distribution (rootzone.calibration)
+            wp = np.array([r["n_scored"] for r in pred], dtype=np.float64)
+            out[t].update(crps_predictive_median=_nanmedian([r["crps_predictive"] for r in pred]),
+                          coverage90_predictive=float(np.sum([r["coverage90_predictive"] for r in pred] * wp)
+                                                      / wp.sum()),
+                          width90_predictive_median=_nanmedian([r["width90_predictive"] for r in pred]))
     return out
 
 
@@ -240,6 +273,9 @@ def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console
         console.print(f"ensemble on test days, {t}: CRPS {u['crps_median']:.3g} (median over basins), 90 % interval "
                       f"coverage {u['coverage90']:.2f}, spread/RMSE {u['spread_skill_median']:.2f}, "
                       f"{u['members_per_day']:.1f} members per day")
+        if "coverage90_predictive" in u:
+            console.print(f"  predictive (members + validation residuals), {t}: CRPS {u['crps_predictive_median']:.3g} "
+                          f"(median over basins), 90 % interval coverage {u['coverage90_predictive']:.2f}")
     if summary["missing"]:
         console.print(f"[yellow]missing trials ({len(summary['missing'])}): {', '.join(summary['missing'])}")
 

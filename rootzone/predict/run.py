@@ -10,6 +10,9 @@ Every member runs each basin's whole record in one pass (states spun up from day
     <var>_mean/_std  (basin, time)         float32   ensemble mean and spread (population std, ddof=0) over
                                                      the members that produce <var> (LSTM: no smax, s, g)
     <var>_q05/_q95   (basin, time)         float32   5 and 95 % quantiles over those members (the 90 % interval)
+    <var>_p05/_p95   (basin, time)         float32   q, et, swe: the calibrated predictive 90 % interval (members +
+                                                     their validation residuals, rootzone.calibration), written
+                                                     once every chunk is done (rootzone.predict.predictive)
     outside_training_range   (basin,)      bool      any attribute outside a member's training min..max
     attribute_outside_range  (basin, attribute) bool which ones
     invalid_values   (basin, input)        int32     NaN/inf count per input (forcing variables, attributes)

@@ -43,6 +43,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
 # what each kind of model (Config.model) produces; a member of another kind writes NaN into the rest
 MODEL_VARIABLES: dict[str, tuple[str, ...]] = {"hybrid": tuple(VARIABLES), "lstm": ("q", "et", "swe", "w", "tws")}
 QUANTILE_SUFFIXES = ("q05", "q95")  # <var>_q05 / <var>_q95: the members' 5-95 % interval (metrics.INTERVAL)
+PREDICTIVE_SUFFIXES = ("p05", "p95")  # <var>_p05 / <var>_p95: the predictive 90 % interval (rootzone.calibration)
+PREDICTIVE_VARIABLES = ("q", "et", "swe")  # observed daily fluxes/states with a predictive interval
 COMPLETE_KEY = "prediction_complete"
 DONE_KEY = "chunks_done"
 JOB_KEY = PREDICTION_STORE_KEY  # "prediction_job": the attribute that marks a store as rootzone's prediction
@@ -111,6 +113,13 @@ def template(job: PredictionJob, ds: xr.Dataset, warmup: int) -> xr.Dataset:
                 da.full((nb, nt), np.nan, dtype=np.float32, chunks=(cb, ct)), dims=("basin", "time"),
                 attrs={"units": units, "cell_methods": f"member: quantile {q:g}",
                        "long_name": f"{100 * q:g} % quantile over members (linear interpolation) of {long_name}"})
+        if v in PREDICTIVE_VARIABLES:
+            for q, name in zip(INTERVAL, PREDICTIVE_SUFFIXES):
+                data[f"{v}_{name}"] = xr.DataArray(
+                    da.full((nb, nt), np.nan, dtype=np.float32, chunks=(cb, ct)), dims=("basin", "time"),
+                    attrs={"units": units, "long_name": f"{100 * q:g} % quantile of the predictive distribution "
+                                                        f"of {long_name} (members + validation residuals, "
+                                                        "rootzone.calibration)"})
     na, ni = len(job.attributes), len(job.inputs) + 1
     flags = {
         "outside_training_range": (("basin",), (nb,), bool, "an attribute lies outside a member's training range"),
@@ -231,6 +240,9 @@ def finalise(job: PredictionJob) -> None:
     left = set(range(job.n_chunks)) - chunks_done(job)
     if left:
         raise RootzoneError(f"prediction incomplete: chunks {sorted(left)} not done; rerun to resume")
+    from rootzone.predict.predictive import write_predictive_interval
+
+    write_predictive_interval(job)
     zarr.open_group(job.out, mode="r+", use_consolidated=False).attrs[COMPLETE_KEY] = True
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)

@@ -77,6 +77,31 @@ def member_test_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarra
     return np.array(rows).reshape(len(rows), len(ids))
 
 
+def member_validation_masks(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
+    """[members, T] bool: the member's validation years (early stopping), outside the spin-up."""
+    years = pd.DatetimeIndex(pred["time"].values).year
+    by_name = {t.name: t for t in trials}
+    masks = [np.isin(years, by_name[str(n)].metrics.years.get("validation", []) if str(n) in by_name else [])
+             for n in pred["member"].values]
+    return np.array(masks).reshape(len(masks), -1) & ~pred["in_warmup"].values[None, :]
+
+
+def member_validation_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
+    """[members, N] bool: the member's validation basins (metrics.json ``cv.basins.validation`` for spatial
+    schemes; every basin for temporal folds)."""
+    ids = [str(b) for b in pred["basin"].values]
+    by_name = {t.name: t for t in trials}
+    rows = []
+    for name in pred["member"].values:
+        t = by_name.get(str(name))
+        if t is None or t.metrics.scheme == "temporal":
+            rows.append(np.full(len(ids), t is not None))
+        else:
+            held = set(t.metrics.cv.get("basins", {}).get("validation", []))
+            rows.append(np.array([b in held for b in ids]))
+    return np.array(rows).reshape(len(rows), len(ids))
+
+
 def cv_series(members: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """[M, B, T] member series and [M, T] (or per basin [M, B, T]) test masks -> [B, T] mean over the members
     testing each day."""

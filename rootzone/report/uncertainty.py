@@ -14,7 +14,12 @@ Reading them: coverage of the 90 % interval near 0.9 and spread/RMSE near 1 mean
 values mean an over-confident ensemble (the members agree more than they are right), as is usual for a seed
 ensemble, which samples training noise but neither forcing nor observation error.
 
-Outputs: ``uncertainty.csv`` (basin, target, :data:`rootzone.metrics.ENSEMBLE_SCORES`), ``spread_skill.png``
+Predictive interval (:mod:`rootzone.calibration`): the same test basin-days and members, each member's
+simulation plus its residual quantiles from its validation days/basins (never test data); per basin and
+target its exact CRPS, the coverage and mean width of its 5-95 % interval (:data:`PREDICTIVE_SCORES` columns).
+
+Outputs: ``uncertainty.csv`` (basin, target, :data:`rootzone.metrics.ENSEMBLE_SCORES`, predictive scores),
+``spread_skill.png``
 and an HTML section with the medians per target.
 """
 
@@ -30,10 +35,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from rootzone.calibration import PREDICTIVE_SCORES, member_residual_quantiles, predictive_scores  # noqa: E402
 from rootzone.data.schema import TARGETS, open_store  # noqa: E402
 from rootzone.experiment import TrialResult  # noqa: E402
 from rootzone.metrics import ENSEMBLE_SCORES, ensemble_scores  # noqa: E402
-from rootzone.report.predictions import member_test_basins, member_test_masks  # noqa: E402
+from rootzone.report.predictions import (  # noqa: E402
+    member_test_basins,
+    member_test_masks,
+    member_validation_basins,
+    member_validation_masks,
+)
 from rootzone.report.tables import spreadsheet_safe  # noqa: E402
 from rootzone.safety import atomic_write_text  # noqa: E402
 
@@ -50,6 +61,12 @@ def uncertainty_table(pred: xr.Dataset, trials: list[TrialResult], chunk: int = 
     targets = [t for t in TARGETS if not t.monthly and t.name in store and t.output in pred]
     rows = []
     n = pred.sizes["basin"]
+    vdays, vbasins = member_validation_masks(pred, trials), member_validation_basins(pred, trials)
+    ids_all = [str(b) for b in pred["basin"].values]
+    rq = {t.name: member_residual_quantiles(
+        lambda lo, hi, t=t: pred[t.output].isel(basin=slice(lo, hi)).values.astype(np.float64),
+        lambda lo, hi, t=t: store[t.name].sel(basin=ids_all[lo:hi]).values.astype(np.float64),
+        n, vdays, vbasins, chunk) for t in targets}
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
         ids = [str(b) for b in pred["basin"].values[sl]]
@@ -59,8 +76,9 @@ def uncertainty_table(pred: xr.Dataset, trials: list[TrialResult], chunk: int = 
             x = np.where(mask, pred[t.output].isel(basin=sl).values.astype(np.float64), np.nan)
             y = obs[t.name].values.astype(np.float64)
             for i, b in enumerate(ids):
-                rows.append({"basin": b, "target": t.name, **ensemble_scores(x[:, i], y[i])})
-    return pd.DataFrame(rows, columns=["basin", "target", *ENSEMBLE_SCORES])
+                rows.append({"basin": b, "target": t.name, **ensemble_scores(x[:, i], y[i]),
+                             **predictive_scores(x[:, i], rq[t.name][:, lo + i], y[i])})
+    return pd.DataFrame(rows, columns=["basin", "target", *ENSEMBLE_SCORES, *PREDICTIVE_SCORES])
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -72,15 +90,21 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         rows[t] = {"median CRPS": g["crps"].median(), "coverage 90 %": float(np.sum(g["coverage90"] * w) / w.sum()),
                    "median spread/RMSE": g["spread_skill"].median(),
                    "members per day": float(np.sum(g["members"] * w) / w.sum()), "basin-days": int(w.sum())}
+        if "crps_predictive" in g and g["crps_predictive"].notna().any():
+            p = g.dropna(subset=["crps_predictive"])
+            wp = p["n_scored"].to_numpy(dtype=np.float64)
+            rows[t].update({"median CRPS (predictive)": p["crps_predictive"].median(),
+                            "coverage 90 % (predictive)": float(np.sum(p["coverage90_predictive"] * wp) / wp.sum())})
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def spread_skill_figure(path: Path, table: pd.DataFrame) -> Path:
     """Left: per basin, spread (root mean ensemble variance) against the RMSE of the ensemble mean, per target
-    (on the 1:1 line a calibrated spread); right: the coverage of the 90 % interval per basin and target."""
+    (on the 1:1 line a calibrated spread); middle: the coverage of the members' 90 % interval per basin and
+    target; right: the coverage of the predictive 90 % interval (:mod:`rootzone.calibration`)."""
     ok = table.dropna(subset=["crps"])
     targets = list(dict.fromkeys(ok["target"]))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
     for t in targets:
         g = ok[ok["target"] == t]
         scale = max(float(g["rmse_mean"].max()), 1e-12)
@@ -97,7 +121,16 @@ def spread_skill_figure(path: Path, table: pd.DataFrame) -> Path:
     b.axhspan(0.8, 0.98, color="green", alpha=0.08)
     b.set_ylim(-0.02, 1.02)
     b.set_ylabel("fraction of observations inside the 5-95 % interval")
-    b.set_title("coverage of the 90 % interval (per basin)")
+    b.set_title("members' 90 % interval: coverage per basin")
+    pred = [ok.loc[ok["target"] == t, "coverage90_predictive"].dropna().to_numpy()
+            if "coverage90_predictive" in ok else np.empty(0) for t in targets]
+    if any(len(d) for d in pred):
+        c.boxplot(pred, tick_labels=targets)
+    c.axhline(0.9, color="k", ls="--", lw=1)
+    c.axhspan(0.8, 0.98, color="green", alpha=0.08)
+    c.set_ylim(-0.02, 1.02)
+    c.set_ylabel("fraction of observations inside the 5-95 % interval")
+    c.set_title("predictive 90 % interval (members + validation residuals)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -122,5 +155,8 @@ def add_uncertainty(out: Path, pred: xr.Dataset | None, trials: list[TrialResult
     part = ("<h2>Ensemble calibration (cross-validated members, test days)</h2><p>On each basin-day the ensemble "
             "is the members that did not train on it (their test years and held-out basins); daily targets "
             "only. CRPS in the target's units (lower is better; one member: the absolute error); coverage near "
-            "0.9 and spread/RMSE near 1 mean a calibrated ensemble.</p>" + med.round(3).to_html())
+            "0.9 and spread/RMSE near 1 mean a calibrated ensemble. The predictive columns score the calibrated "
+            "predictive distribution: each member's simulation plus its residuals on its validation data "
+            "(square-root space; rootzone.calibration), which includes the error of the model, not only "
+            "the disagreement of the members.</p>" + med.round(3).to_html())
     return [(SPREAD_SKILL_PNG, caption)], [UNCERTAINTY_CSV], [part], []
