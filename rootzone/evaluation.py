@@ -332,8 +332,13 @@ def print_summary(metrics: dict, title: str, split: str = "test", console: Conso
     for key, which in (("truth_recovery", "every basin"), ("truth_recovery_test", "held-out (test) basins")):
         rec = metrics.get(key)
         if rec and "smax_rmse" in rec:
-            nan = float("nan")
             console.print(f"twin experiment ({scheme} CV, {which}): learned vs true mean S_max per basin: "
-                          f"Pearson r = {rec.get('smax_pearson_r', nan):.3f}, RMSE = {rec['smax_rmse']:.1f} mm, "
-                          f"median |log ratio| = {rec.get('smax_median_abs_log_ratio', nan):.3f}, log slope = "
-                          f"{rec.get('smax_log_slope', nan):.3f}")
+                          + smax_recovery_text(rec))
+
+
+def smax_recovery_text(rec: dict[str, float]) -> str:
+    """The S_max figures of a :func:`truth_recovery` record, for a console line."""
+    nan = float("nan")
+    return (f"Pearson r = {rec.get('smax_pearson_r', nan):.3f}, RMSE = {rec['smax_rmse']:.1f} mm, median |log "
+            f"ratio| = {rec.get('smax_median_abs_log_ratio', nan):.3f}, log slope = "
+            f"{rec.get('smax_log_slope', nan):.3f}")

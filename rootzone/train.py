@@ -40,8 +40,7 @@ from rootzone import loss as loss_module
 from rootzone.config import Config
 from rootzone.data.folds import cv_fold
 from rootzone.data.loader import Normaliser, StoreData
-from rootzone.data.records import FIRST, LAST
-from rootzone.data.schema import REQUIRED_FORCING, check_forcing_finite, open_store
+from rootzone.data.schema import RECORD_VARIABLES, REQUIRED_FORCING, check_forcing_finite, open_store
 from rootzone.device import seed_everything, select_device, set_threads
 from rootzone.errors import RootzoneError
 from rootzone.evaluation import RecordPass, evaluate_record, record_pass, truth_recovery
@@ -95,7 +94,7 @@ def check_training_data(data: StoreData, where: str) -> None:
     """Refuse forcing the trial would use (every basin, every day: evaluation runs the whole record) that
     :func:`rootzone.data.schema.check_forcing_finite` rejects: NaN/inf, negative precipitation."""
     used = list(dict.fromkeys([*data.dynamic_names, *REQUIRED_FORCING, *(["lai"] if data.has_lai else [])]))
-    bounds = [v for v in (FIRST, LAST) if v in data.ds]  # each basin's record (data/records.py)
+    bounds = [v for v in RECORD_VARIABLES if v in data.ds]  # each basin's record (data/records.py)
     check_forcing_finite(data.ds[[*used, "attributes", *bounds]], where)
 
 

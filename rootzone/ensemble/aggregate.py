@@ -24,7 +24,7 @@ from rich.table import Table
 
 from rootzone.calibration import ResidualPool, classes, predictive_scores, residuals
 from rootzone.data import schema
-from rootzone.evaluation import TWSA_PARTS, monthly_mean, score_basins, twsa_components
+from rootzone.evaluation import TWSA_PARTS, monthly_mean, score_basins, smax_recovery_text, twsa_components
 from rootzone.experiment import (
     BEST_PT,
     ENSEMBLE_CSV,
@@ -264,11 +264,8 @@ def print_ensemble_summary(summary: dict[str, Any], title: str, console: Console
         console.print(abl)
     rec = summary.get("truth_recovery_heldout")
     if rec and "smax_rmse" in rec:
-        nan = float("nan")
         console.print(f"twin experiment, S_max of each basin from the members that held it out ({rec['basins']} "
-                      f"basins): Pearson r = {rec.get('smax_pearson_r', nan):.3f}, median |log ratio| = "
-                      f"{rec.get('smax_median_abs_log_ratio', nan):.3f}, log slope = "
-                      f"{rec.get('smax_log_slope', nan):.3f}")
+                      f"basins): {smax_recovery_text(rec)}")
     for t, u in summary.get("uncertainty", {}).items():
         console.print(f"ensemble on test days, {t}: CRPS {u['crps_median']:.3g} (median over basins), 90 % interval "
                       f"coverage {u['coverage90']:.2f}, spread/RMSE {u['spread_skill_median']:.2f}, "

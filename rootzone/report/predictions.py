@@ -61,9 +61,10 @@ def member_test_masks(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray
     return np.array(masks) & ~pred["in_warmup"].values[None, :]
 
 
-def member_test_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
-    """[members, N] bool: the basins each member held out (metrics.json ``cv.basins.test`` for spatial
-    schemes; every basin for temporal folds, whose members test every basin on their test years)."""
+def member_split_basins(pred: xr.Dataset, trials: list[TrialResult], split: str) -> np.ndarray:
+    """[members, N] bool: the basins of each member's ``split`` ("test": the basins it held out; "validation":
+    its early-stopping basins), from metrics.json ``cv.basins`` for spatial schemes; every basin for temporal
+    folds, whose members hold out years, not basins. Members without a finished trial: none."""
     ids = [str(b) for b in pred["basin"].values]
     by_name = {t.name: t for t in trials}
     rows = []
@@ -72,9 +73,14 @@ def member_test_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarra
         if t is None or t.metrics.scheme == "temporal":
             rows.append(np.full(len(ids), t is not None))
         else:
-            held = set(t.metrics.cv.get("basins", {}).get("test", []))
+            held = set(t.metrics.cv.get("basins", {}).get(split, []))
             rows.append(np.array([b in held for b in ids]))
     return np.array(rows).reshape(len(rows), len(ids))
+
+
+def member_test_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
+    """[members, N] bool: the basins each member held out (:func:`member_split_basins`)."""
+    return member_split_basins(pred, trials, "test")
 
 
 def member_validation_masks(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
@@ -87,19 +93,8 @@ def member_validation_masks(pred: xr.Dataset, trials: list[TrialResult]) -> np.n
 
 
 def member_validation_basins(pred: xr.Dataset, trials: list[TrialResult]) -> np.ndarray:
-    """[members, N] bool: the member's validation basins (metrics.json ``cv.basins.validation`` for spatial
-    schemes; every basin for temporal folds)."""
-    ids = [str(b) for b in pred["basin"].values]
-    by_name = {t.name: t for t in trials}
-    rows = []
-    for name in pred["member"].values:
-        t = by_name.get(str(name))
-        if t is None or t.metrics.scheme == "temporal":
-            rows.append(np.full(len(ids), t is not None))
-        else:
-            held = set(t.metrics.cv.get("basins", {}).get("validation", []))
-            rows.append(np.array([b in held for b in ids]))
-    return np.array(rows).reshape(len(rows), len(ids))
+    """[members, N] bool: each member's validation basins (:func:`member_split_basins`)."""
+    return member_split_basins(pred, trials, "validation")
 
 
 def cv_series(members: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -114,27 +114,27 @@ def spread_skill_figure(path: Path, table: pd.DataFrame) -> Path:
     a.set_ylabel("ensemble spread (same scale)")
     a.set_title("spread-skill per basin")
     a.legend(fontsize=8)
-    data = [ok.loc[ok["target"] == t, "coverage90"].to_numpy() for t in targets]
-    if data:
-        b.boxplot(data, tick_labels=targets)
-    b.axhline(0.9, color="k", ls="--", lw=1)
-    b.axhspan(0.8, 0.98, color="green", alpha=0.08)
-    b.set_ylim(-0.02, 1.02)
-    b.set_ylabel("fraction of observations inside the 5-95 % interval")
-    b.set_title("members' 90 % interval: coverage per basin")
-    pred = [ok.loc[ok["target"] == t, "coverage90_predictive"].dropna().to_numpy()
-            if "coverage90_predictive" in ok else np.empty(0) for t in targets]
-    if any(len(d) for d in pred):
-        c.boxplot(pred, tick_labels=targets)
-    c.axhline(0.9, color="k", ls="--", lw=1)
-    c.axhspan(0.8, 0.98, color="green", alpha=0.08)
-    c.set_ylim(-0.02, 1.02)
-    c.set_ylabel("fraction of observations inside the 5-95 % interval")
-    c.set_title("predictive 90 % interval (members + validation residuals)")
+    _coverage_panel(b, ok, targets, "coverage90", "members' 90 % interval: coverage per basin")
+    _coverage_panel(c, ok, targets, "coverage90_predictive", "predictive 90 % interval (members + validation "
+                    "residuals)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _coverage_panel(ax, table: pd.DataFrame, targets: list[str], column: str, title: str) -> None:
+    """Box per target of the per-basin coverage in ``column`` (skipped when absent), with the nominal 0.9 and
+    the 0.8-0.98 band."""
+    data = [table.loc[table["target"] == t, column].dropna().to_numpy() if column in table else np.empty(0)
+            for t in targets]
+    if any(len(d) for d in data):
+        ax.boxplot(data, tick_labels=targets)
+    ax.axhline(0.9, color="k", ls="--", lw=1)
+    ax.axhspan(0.8, 0.98, color="green", alpha=0.08)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("fraction of observations inside the 5-95 % interval")
+    ax.set_title(title)
 
 
 def add_uncertainty(out: Path, pred: xr.Dataset | None, trials: list[TrialResult]) -> tuple[
